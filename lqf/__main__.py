@@ -1,0 +1,3 @@
+from lqf.cli.main import entry_point
+
+entry_point()

@@ -1,0 +1,1 @@
+"""The ``lqf`` command line."""

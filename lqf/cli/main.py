@@ -1,0 +1,126 @@
+"""``lqf`` command line: ``fit``, ``evaluate``, ``predict``, ``demo``, ``list``.
+
+``main(argv) -> int`` parses, dispatches to one small function per
+subcommand, and turns every :class:`~lqf.errors.LqfError` into one line on
+stderr with exit status 2 (Ctrl-C: exit status 130 and how to resume). Heavy
+libraries are imported inside the subcommands, so ``lqf --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from lqf import __version__
+from lqf.errors import LqfError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"lqf: error: {message} (see: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lqf.cli import commands
+    from lqf.cli.flags import add_dataclass_flags
+    from lqf.config import FitConfig
+
+    parser = _Parser(
+        prog="lqf",
+        description="Predictable fine-tuning of pretrained networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"lqf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    fit = sub.add_parser(
+        "fit",
+        help="train a model and write a run directory",
+        description="Train --method on --data from --model; writes a run directory.",
+    )
+    fit.add_argument("--out", help="run directory to write (default: runs/<method>-<data>-<time>)")
+    fit.add_argument("--config", help="JSON or TOML file of settings (flags override it)")
+    fit.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    group = fit.add_argument_group("run settings")
+    run_names = add_dataclass_flags(group, FitConfig)
+    from lqf.methods import methods
+
+    option_names = []
+    for name, cls in methods().items():
+        g = fit.add_argument_group(f"options of --method {name}", cls.summary)
+        option_names += add_dataclass_flags(g, cls.Options)
+    fit.set_defaults(func=commands.cmd_fit, setting_names=run_names + option_names)
+
+    ev = sub.add_parser("evaluate", help="evaluate a run's model on a test split")
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("--data", help="another data set with the same classes (default: the run's)")
+    ev.add_argument("--max-test", type=int, help="evaluate on a stratified subset of this size")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=commands.cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="classify image files with a run's model")
+    pr.add_argument("run_dir", metavar="RUN_DIR")
+    pr.add_argument("images", metavar="IMAGE", nargs="+")
+    pr.add_argument("--top-k", type=int, default=3, help="classes to show per image")
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.set_defaults(func=commands.cmd_predict)
+
+    demo = sub.add_parser(
+        "demo",
+        help="compare every method on the built-in default task",
+        description="Runs every method on pretrained efficientnet_lite0 and a "
+        "few-shot Fashion-MNIST task; writes a report.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="folder for the runs and the report")
+    demo.add_argument("--data", default="fashion-mnist")
+    demo.add_argument("--model", default="efficientnet_lite0")
+    demo.add_argument("--shots", type=int, default=100, help="training images per class")
+    demo.add_argument("--max-test", type=int, default=2000, help="test images")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=commands.cmd_demo)
+
+    ls = sub.add_parser("list", help="list models, data sets and methods")
+    ls.set_defaults(func=commands.cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, usage errors
+        return int(done.code or 0)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except LqfError as err:
+        print(f"lqf: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        where = getattr(args, "active_run", None)
+        hint = f"; resume with: lqf fit --resume {where}" if where and os.path.isdir(where) else ""
+        print(f"\nlqf: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

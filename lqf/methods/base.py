@@ -1,0 +1,138 @@
+"""The method interface and its registry.
+
+A method turns a :class:`~lqf.models.TransferModel` and a
+:class:`~lqf.data.DataSplits` into a trained model. Each method is a class
+with a name, an options dataclass and a ``fit``; it registers itself with
+:func:`register_method`, and the CLI builds its flags from the options
+dataclass, so adding a method touches no central switch::
+
+    @register_method
+    class MyMethod(Method):
+        name = "my-method"
+        Options = MyOptions          # a dataclass whose fields use lqf.config.option
+
+        def fit(self, model, data, ctx):
+            ...                      # train ``model`` in place
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from lqf.errors import LqfError
+
+if TYPE_CHECKING:
+    from lqf.config import FitConfig
+    from lqf.data import DataSplits
+    from lqf.models import TransferModel
+    from lqf.runs import RunDirectory
+
+
+@dataclass
+class FitContext:
+    """What a method may use besides the model and the data.
+
+    Attributes:
+        config: the shared settings.
+        run: the run directory (``None`` for in-memory use from Python).
+        quiet: no progress bars.
+        resume: continue from the run directory's checkpoint.
+        history: per-epoch records the method logged (filled by ``log``).
+        extra: method-specific results to merge into ``metrics.json``.
+        resumed_seconds: training time spent before a resume.
+        on_epoch_end: called with the epoch number after each checkpoint.
+    """
+
+    config: FitConfig
+    run: RunDirectory | None = None
+    quiet: bool = False
+    resume: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    resumed_seconds: float = 0.0
+    on_epoch_end: Callable[[int], None] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    def generator(self, *salt: int) -> torch.Generator:
+        """A CPU generator seeded by ``(config.seed, *salt)``, independent of the global RNG."""
+        seed = self.config.seed
+        for s in salt:
+            seed = (seed * 1_000_003 + s + 1) % (2**63 - 1)
+        return torch.Generator().manual_seed(seed)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Record one epoch (kept in ``history`` and appended to ``log.jsonl``)."""
+        self.history.append(record)
+        if self.run is not None:
+            self.run.append_log(record)
+
+
+class Method(ABC):
+    """Base class of training methods.
+
+    Subclasses set ``name`` (the ``--method`` value), ``Options`` (a dataclass
+    of method options) and ``summary`` (one line for ``--help``), and
+    implement :meth:`fit`.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    summary: ClassVar[str] = ""
+    #: True if ``fit`` trains epoch by epoch (uses --epochs, checkpoints, resumes)
+    iterative: ClassVar[bool] = True
+
+    def __init__(self, options: Any | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def fit(self, model: TransferModel, data: DataSplits, ctx: FitContext) -> None:
+        """Train ``model`` in place on ``data.train`` (``data.val`` for model selection)."""
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry (``--method NAME``).
+
+    Option names must be unique across methods, because each becomes one flag.
+    """
+    from lqf.config import FitConfig
+
+    taken = {f.name for f in dataclasses.fields(FitConfig)}
+    for other in _REGISTRY.values():
+        if other is not cls and other.name != cls.name:
+            taken |= {f.name for f in dataclasses.fields(other.Options)}
+    clash = taken & {f.name for f in dataclasses.fields(cls.Options)}
+    if clash:
+        raise ValueError(f"method {cls.name!r}: option names already used: {sorted(clash)}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def methods() -> dict[str, type[Method]]:
+    """All registered methods by name."""
+    _load_builtin()
+    return dict(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class called ``name``, or a clear error listing the valid ones."""
+    table = methods()
+    if name not in table:
+        raise LqfError(f"unknown method {name!r}; valid: {', '.join(table)}")
+    return table[name]
+
+
+def _load_builtin() -> None:
+    import lqf.methods.finetune  # noqa: F401
+    import lqf.methods.linear_probe  # noqa: F401

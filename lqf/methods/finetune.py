@@ -1,0 +1,146 @@
+"""Standard (non-linear) fine-tuning: cross-entropy, AdamW or SGD, cosine schedule.
+
+The pretrained backbone and a new linear head are trained jointly by
+mini-batch gradient descent on the cross-entropy loss. Options choose which
+units are trained (``--unfreeze``: all, only the head, or the last ``k``
+units of the backbone plus the head) and whether BatchNorm layers update their
+running statistics (``--bn train``) or keep the pretrained ones
+(``--bn frozen``; their affine parameters are still trained if unfrozen).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lqf.config import option
+from lqf.errors import LqfError
+from lqf.methods.base import FitContext, Method, register_method
+from lqf.training import train_epochs
+
+_UNFREEZE = re.compile(r"^(all|head|last-(\d+))$")
+
+
+@dataclass
+class FinetuneOptions:
+    """Options of ``--method finetune``."""
+
+    optimizer: str = option("adamw", "optimizer", choices=("adamw", "sgd"))
+    lr: float = option(1e-3, "peak learning rate")
+    weight_decay: float = option(0.01, "decoupled (AdamW) or L2 (SGD) weight decay")
+    momentum: float = option(0.9, "SGD momentum")
+    schedule: str = option("cosine", "learning-rate schedule per step", choices=("cosine", "constant"))
+    warmup_epochs: float = option(0.0, "linear warm-up length in epochs")
+    head_lr_scale: float = option(1.0, "learning rate of the new head relative to --lr")
+    unfreeze: str = option("all", "trained parameters: all, head, or last-K (the last K units + head)")
+    bn: str = option(
+        "train", "BatchNorm statistics: train (update) or frozen (pretrained)", choices=("train", "frozen")
+    )
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+
+    def __post_init__(self) -> None:
+        if not _UNFREEZE.match(self.unfreeze):
+            raise LqfError(f"--unfreeze must be all, head or last-K (e.g. last-3), got {self.unfreeze!r}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise LqfError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise LqfError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_epochs < 0:
+            raise LqfError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+
+
+def select_trainable(model: nn.Module, unfreeze: str) -> list[str]:
+    """Set ``requires_grad`` per ``unfreeze``; returns the trained unit names.
+
+    ``all`` trains every parameter, ``head`` only the head, ``last-K`` the last
+    ``K`` backbone units (see :meth:`TransferModel.units`) and the head.
+    """
+    units = model.units()
+    match = _UNFREEZE.match(unfreeze)
+    if match is None:
+        raise LqfError(f"--unfreeze must be all, head or last-K, got {unfreeze!r}")
+    if unfreeze == "all":
+        chosen = units
+    else:
+        k = 0 if unfreeze == "head" else int(match.group(2))
+        backbone = units[:-1]
+        if k > len(backbone):
+            raise LqfError(
+                f"--unfreeze {unfreeze}: the model has only {len(backbone)} units; "
+                f"use last-{len(backbone)} or all"
+            )
+        chosen = backbone[len(backbone) - k :] + units[-1:]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, module in chosen:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return [name for name, _ in chosen]
+
+
+def _bn_frozen_train(model: nn.Module) -> None:
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _schedule(opt: torch.optim.Optimizer, options: FinetuneOptions, steps: int, epochs: int):
+    total = steps * epochs
+    warmup = int(round(options.warmup_epochs * steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if options.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@register_method
+class Finetune(Method):
+    """Fine-tune backbone and head with cross-entropy."""
+
+    name = "finetune"
+    Options = FinetuneOptions
+    summary = "standard fine-tuning with cross-entropy (AdamW/SGD, cosine schedule)"
+
+    def fit(self, model: nn.Module, data, ctx: FitContext) -> None:
+        o: FinetuneOptions = self.options
+        model.to(ctx.device)
+        trained = select_trainable(model, o.unfreeze)
+        head = [p for p in model.head.parameters() if p.requires_grad]
+        head_ids = {id(p) for p in head}
+        body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = [{"params": body, "lr": o.lr}, {"params": head, "lr": o.lr * o.head_lr_scale}]
+        groups = [g for g in groups if g["params"]]
+        if o.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        steps = data.train.num_batches(ctx.config.batch_size)
+        scheduler = _schedule(opt, o, steps, ctx.config.epochs)
+        ctx.extra["trained_units"] = len(trained)
+        ctx.extra["trained_parameters"] = sum(p.numel() for g in groups for p in g["params"])
+        train_epochs(
+            model,
+            data,
+            ctx,
+            optimizer=opt,
+            scheduler=scheduler,
+            loss_fn=lambda logits, y: nn.functional.cross_entropy(
+                logits, y, label_smoothing=o.label_smoothing
+            ),
+            set_train_mode=_bn_frozen_train if o.bn == "frozen" else None,
+            desc="finetune",
+        )
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.eval()

@@ -1,0 +1,137 @@
+"""The epoch loop shared by iterative methods: checkpoints, resume, NaN guard.
+
+After every epoch the loop evaluates on the validation split, appends a record
+to ``log.jsonl`` and writes ``checkpoint.pt`` atomically (model, optimizer,
+scheduler, the global RNG state and the history). The data order of epoch
+``e`` comes from a generator seeded by ``(seed, e)``, so a run resumed from the
+checkpoint of epoch ``e - 1`` continues exactly as the uninterrupted run would
+have (bit-identical on the CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from lqf.errors import NonFiniteLossError
+from lqf.training.evaluate import evaluate
+from lqf.training.progress import progress
+
+if TYPE_CHECKING:
+    from lqf.data import DataSplits
+    from lqf.methods.base import FitContext
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _resume(ctx: FitContext, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+    """Load the checkpoint if resuming; returns the first epoch still to run."""
+    if ctx.run is None:
+        return 1
+    state = ctx.run.load_checkpoint() if ctx.resume else None
+    if state is None:
+        ctx.run.truncate_log(0)  # a fresh start: drop records of an unfinished earlier attempt
+        return 1
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    ctx.history[:] = state["history"]
+    ctx.resumed_seconds = sum(r.get("seconds") or 0.0 for r in ctx.history)
+    ctx.run.truncate_log(state["epoch"])
+    return int(state["epoch"]) + 1
+
+
+def train_epochs(
+    model: nn.Module,
+    data: DataSplits,
+    ctx: FitContext,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    set_train_mode: Callable[[nn.Module], None] | None = None,
+    desc: str = "train",
+) -> None:
+    """Train ``model`` for ``ctx.config.epochs`` epochs, resumable.
+
+    Args:
+        model: trained in place; its outputs ``(B, C)`` feed ``loss_fn``.
+        data: ``train`` is iterated in shuffled mini-batches, ``val`` evaluated
+            after each epoch.
+        ctx: settings, run directory and logging.
+        optimizer: steps once per mini-batch.
+        scheduler: steps once per mini-batch (``None``: constant rate).
+        loss_fn: ``loss_fn(logits, labels)``, a scalar.
+        set_train_mode: puts the model in training mode (default
+            ``model.train()``); e.g. keeps BatchNorm frozen.
+        desc: progress-bar label.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite; the checkpoint of
+            the last finished epoch is kept.
+    """
+    cfg = ctx.config
+    device = ctx.device
+    first = _resume(ctx, model, optimizer, scheduler)
+    steps = data.train.num_batches(cfg.batch_size)
+    for epoch in range(first, cfg.epochs + 1):
+        start = time.perf_counter()
+        (set_train_mode or nn.Module.train)(model)
+        total_loss, correct, seen = 0.0, 0, 0
+        batches = data.train.batches(cfg.batch_size, shuffle=True, generator=ctx.generator(epoch))
+        bar = progress(batches, total=steps, desc=f"{desc} {epoch}/{cfg.epochs}", quiet=ctx.quiet)
+        for step, (x, y) in enumerate(bar, start=1):
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                raise _non_finite(ctx, epoch, step, loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        val = evaluate(model, data.val, batch_size=max(cfg.batch_size, 256), device=device)
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start,
+        }
+        ctx.log({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()})
+        if ctx.run is not None:
+            ctx.run.save_checkpoint(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": torch.get_rng_state(),
+                    "history": list(ctx.history),
+                }
+            )
+        if ctx.on_epoch_end is not None:
+            ctx.on_epoch_end(epoch)
+
+
+def _non_finite(ctx: FitContext, epoch: int, step: int, value: float) -> NonFiniteLossError:
+    kept = ""
+    if ctx.run is not None and epoch > 1:
+        kept = f"; the checkpoint of epoch {epoch - 1} is kept in {ctx.run.path}"
+    return NonFiniteLossError(
+        f"the training loss became {value} at epoch {epoch}, step {step}{kept}; "
+        "lower the learning rate (--lr) or check the data for extreme values"
+    )
