@@ -153,3 +153,22 @@ def test_state_dict_needs_an_architecture(tmp_path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(LqfError, match="could not read model file"):
         build_model(f"file:{tmp_path / 'junk.pt'}", 3)
+
+
+def test_wrap_any_module_and_fit_it() -> None:
+    import torchvision
+
+    from lqf.config import FitConfig
+    from lqf.models import wrap_module
+    from lqf.runs.fit import fit
+
+    net = torchvision.models.mobilenet_v3_small(num_classes=7)
+    model = wrap_module(net, 3)
+    assert model.num_features == 1024 and model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    result = fit(
+        FitConfig(data="digits", method="linear-probe", image_size=32, shots=3, val_per_class=2),
+        model=model,
+        quiet=True,
+    )
+    assert result.model is model and model.head.out_features == 10
+    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0

@@ -60,8 +60,8 @@ def parse_data_spec(spec: str) -> DataSpec:
     if name in DATASETS:
         return DataSpec(name, None)
     close = difflib.get_close_matches(name, [*DATASETS, *_PREFIXES], n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise LqfError(f"unknown data set {spec!r}; valid: {VALID_SPECS}; {hint}pick one of these")
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise LqfError(f"unknown data set {spec!r}{hint}; valid: {VALID_SPECS}")
 
 
 def load_source(spec: str) -> Source:

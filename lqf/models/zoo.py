@@ -85,6 +85,33 @@ def _strip_head(model: nn.Module) -> tuple[nn.Module, int]:
     return model, linear.in_features
 
 
+def wrap_module(
+    module: nn.Module,
+    num_classes: int,
+    *,
+    input_spec: InputSpec = IMAGENET,
+    name: str = "module",
+    generator: torch.Generator | None = None,
+) -> TransferModel:
+    """Turn any classifier ``nn.Module`` into a :class:`TransferModel`.
+
+    Its last ``nn.Linear`` (the old classifier) is replaced by ``nn.Identity``
+    so the rest becomes the feature extractor; a new ``nn.Linear(D, C)`` head
+    is added. The module is modified in place.
+
+    Example:
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18()
+        >>> model = wrap_module(net, num_classes=10)
+        >>> model(torch.rand(2, 3, 64, 64)).shape
+        torch.Size([2, 10])
+    """
+    backbone, dim = _strip_head(module)
+    model = TransferModel(backbone.eval(), dim, num_classes, input_spec, name=name)
+    model.reset_head(num_classes, generator=generator)
+    return model.eval()
+
+
 def _torchvision(name: str, pretrained: bool) -> tuple[nn.Module, int, InputSpec]:
     import torchvision
 
