@@ -130,6 +130,7 @@ def test_file_spec_full_module_and_state_dict(tmp_path) -> None:
         ("timm:not_a_model_xyz", "unknown timm model 'not_a_model_xyz'"),
         ("torchvision:not_a_model", "unknown torchvision model"),
         ("timm:resnet18", "could not get pretrained weights for timm:resnet18"),
+        ("torchvision:resnet18", "could not get pretrained weights for torchvision:resnet18"),
         ("file:/no/such/file.pt", "does not exist"),
     ],
 )

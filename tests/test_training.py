@@ -169,3 +169,60 @@ def test_run_directory_contents(tiny_model_spec: str, tmp_path) -> None:
     assert saved["run"]["seed"] == 5 and saved["method_options"]["lr"] == 1e-2
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctrl_c_keeps_checkpoint_and_resume_finishes(tiny_model_spec: str, tmp_path) -> None:
+    """A real SIGINT to a running ``lqf fit``: exit status 130, a one-line hint
+    to resume, a readable checkpoint; ``--resume`` then finishes the run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lqf",
+        "fit",
+        "--model",
+        tiny_model_spec,
+        "--data",
+        "digits",
+        "--image-size",
+        "16",
+        "--epochs",
+        "400",
+        "--shots",
+        "20",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"resume with: lqf fit --resume {out}" in err
+    done = RunDirectory(str(out)).load_checkpoint()["epoch"]
+    assert 1 <= done < 400
+    assert not (out / "metrics.json").exists()
+    # finish quickly: the saved config asks for 400 epochs, so shorten it in config.json first
+    saved = json.loads((out / "config.json").read_text())
+    saved["run"]["epochs"] = done + 1
+    (out / "config.json").write_text(json.dumps(saved))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lqf", "fit", "--resume", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    log = RunDirectory(str(out)).read_log()
+    assert [r["epoch"] for r in log] == list(range(1, done + 2))
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == done + 1
