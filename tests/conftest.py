@@ -32,8 +32,19 @@ def tiny_net(seed: int = 0) -> nn.Module:
 @pytest.fixture(autouse=True)
 def _offline_hubs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No hub downloads in tests: fail at once instead of retrying."""
+    import urllib.error
+
+    import torch.hub
+
+    def no_download(*args, **kwargs):
+        raise urllib.error.URLError("downloads are disabled in tests")
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    import torchvision.models._api
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_download)
 
 
 @pytest.fixture(scope="session")
