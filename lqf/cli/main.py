@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_names = add_dataclass_flags(group, FitConfig)
     from lqf.methods import methods
 
+    for action in group._group_actions:
+        if action.dest == "method":
+            action.help = f"training method: {', '.join(methods())} (default: finetune)"
     option_names = []
     for name, cls in methods().items():
         g = fit.add_argument_group(f"options of --method {name}", cls.summary)
