@@ -107,8 +107,11 @@ def test_linear_probe_head_equals_ridge_on_features(tiny_model_spec: str) -> Non
     model = result.model
     phi = apply(model.embed, data.train).double()
     targets = nn.functional.one_hot(data.train.labels, 10).double()
-    scale = float((phi - phi.mean(0)).pow(2).sum(1).mean()) / min(phi.shape)
-    w, b = ridge_direct(phi, targets, 1e-2 * scale)
+    # mean non-zero eigenvalue of the centred Gram matrix, from its eigenvalues
+    centred = phi - phi.mean(0)
+    eigenvalues = torch.linalg.eigvalsh(centred.T @ centred)
+    mean_eig = eigenvalues[eigenvalues > 1e-9 * eigenvalues.max()].mean().item()
+    w, b = ridge_direct(phi, targets, 1e-2 * mean_eig)
     torch.testing.assert_close(model.head.weight.double(), w.T, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.head.bias.double(), b, rtol=1e-4, atol=1e-5)
 

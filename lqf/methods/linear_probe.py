@@ -13,8 +13,10 @@ head is then fitted in closed form or by a convex solver:
 * ``logistic``: multinomial logistic regression on standardised features,
   ``mean CE + (lambda / 2) ||W||^2``, solved by full-batch L-BFGS.
 
-``lambda`` is chosen on the validation split (never the test split) from a
-log-spaced grid relative to the mean squared singular value, unless given.
+``lambda`` is chosen on the validation split (never the test split) from the
+log-spaced grid ``1e-6 ... 1e4`` unless given: for ridge it is relative to the
+mean non-zero eigenvalue of ``Phi_c^T Phi_c``, for logistic regression it is
+used as is. Without a validation split the default is ``1e-2``.
 The fitted map is written into the model's ``nn.Linear`` head, so the result is
 an ordinary model.
 """
@@ -31,7 +33,18 @@ from lqf.errors import LqfError
 from lqf.methods.base import FitContext, Method, register_method
 from lqf.training.evaluate import accuracy, apply
 
-GRID = tuple(10.0**k for k in range(-6, 5))  # relative to mean(s^2)
+#: candidate penalties: relative to the mean eigenvalue of Phi_c^T Phi_c (ridge), or
+#: absolute on standardised features with the mean loss (logistic)
+GRID = tuple(10.0**k for k in range(-6, 5))
+NO_VALIDATION_DEFAULT = 1e-2
+
+
+def mean_eigenvalue(features: torch.Tensor) -> float:
+    """Mean non-zero eigenvalue of ``Phi_c^T Phi_c`` for centred features
+    ``Phi_c`` ``(N, D)``: ``trace / min(N - 1, D)``."""
+    centred = features.double() - features.double().mean(0)
+    rank = max(1, min(features.shape[0] - 1, features.shape[1]))
+    return float(centred.pow(2).sum()) / rank
 
 
 @dataclass
@@ -43,8 +56,8 @@ class LinearProbeOptions:
     )
     ridge: float | None = option(
         None,
-        "regularisation lambda relative to the mean feature "
-        "eigenvalue; default: chosen on the validation split",
+        "regularisation lambda (ridge: relative to the mean eigenvalue of the centred feature "
+        "Gram matrix; logistic: on standardised features); default: chosen on the validation split",
     )
 
     def __post_init__(self) -> None:
@@ -139,16 +152,15 @@ class LinearProbe(Method):
         train = apply(embed, data.train, batch_size=bs, device=ctx.device, desc="features", quiet=ctx.quiet)
         val = apply(embed, data.val, batch_size=bs, device=ctx.device, quiet=True) if len(data.val) else None
         c = model.head.out_features
-        scale = float((train - train.mean(0)).pow(2).sum(1).mean()) / max(1, min(train.shape))
         rel = [o.ridge] if o.ridge is not None else list(GRID)
         if val is None and o.ridge is None:
-            rel = [1e-2]
-        lambdas = [r * scale for r in rel]
+            rel = [NO_VALIDATION_DEFAULT]
         if o.probe == "ridge":
+            scale = mean_eigenvalue(train)
             targets = nn.functional.one_hot(data.train.labels, c).double()
-            candidates = ridge_path(train, targets, lambdas)
+            candidates = ridge_path(train, targets, [r * scale for r in rel])
         else:
-            candidates = [logistic(train, data.train.labels, c, lam / len(train)) for lam in lambdas]
+            candidates = [logistic(train, data.train.labels, c, r) for r in rel]
         scores = []
         for w, b in candidates:
             scores.append(accuracy(val.double() @ w + b, data.val.labels) if val is not None else 0.0)
