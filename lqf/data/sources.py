@@ -202,7 +202,10 @@ def load_mnist5k() -> Source:
 @functools.lru_cache(maxsize=1)
 def load_digits() -> Source:
     """scikit-learn digits: 1797 8x8 gray digits (0..16 -> 0..255), no test split."""
-    from sklearn.datasets import load_digits as sklearn_digits
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError as exc:
+        raise LqfError("digits needs the package scikit-learn: pip install scikit-learn") from exc
 
     bunch = sklearn_digits()
     images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
