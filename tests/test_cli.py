@@ -30,31 +30,14 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
+def _fit_args(model: str, data: str, out: Path, *extra: str) -> list:
+    return ["fit", "--model", model, "--data", data, "--image-size", "16", "--quiet", "--out", out, *extra]
+
+
 def test_fit_evaluate_predict_end_to_end(tiny_model_spec, image_folder, tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(
-        [
-            "fit",
-            "--model",
-            tiny_model_spec,
-            "--data",
-            f"imagefolder:{image_folder}",
-            "--method",
-            "finetune",
-            "--image-size",
-            "16",
-            "--epochs",
-            "2",
-            "--val-per-class",
-            "1",
-            "--lr",
-            "0.01",
-            "--out",
-            out,
-            "--quiet",
-        ],
-        capsys,
-    )
+    extra = ("--method", "finetune", "--epochs", "2", "--val-per-class", "1", "--lr", "0.01")
+    code, stdout, _ = run_cli(_fit_args(tiny_model_spec, f"imagefolder:{image_folder}", out, *extra), capsys)
     assert code == 0
     assert "test accuracy" in stdout and str(out) in stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -132,117 +115,35 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_gives_one_line(case, tiny_model_spec, tmp_path, capsys) -> None:
     flags, fragments = BAD_INPUTS[case]
-    base = [
-        "fit",
-        "--model",
-        tiny_model_spec,
-        "--data",
-        "digits",
-        "--image-size",
-        "16",
-        "--epochs",
-        "1",
-        "--quiet",
-        "--out",
-        tmp_path / "run",
-    ]
+    base = _fit_args(tiny_model_spec, "digits", tmp_path / "run", "--epochs", "1")
     code, _, err = run_cli([*base, *flags], capsys)
     assert_one_line_error(code, err, *fragments)
     if case != "option-of-other-method":
         assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_corrupt_image_names_the_file(tiny_model_spec, tmp_path, capsys) -> None:
-    folder = _corrupt_folder(tmp_path / "images")
-    code, _, err = run_cli(
-        [
-            "fit",
-            "--model",
-            tiny_model_spec,
-            "--data",
-            f"imagefolder:{folder}",
-            "--quiet",
-            "--image-size",
-            "16",
-            "--out",
-            tmp_path / "run",
-        ],
-        capsys,
-    )
-    assert_one_line_error(code, err, "broken.png")
-
-
-def test_class_folder_without_images(tiny_model_spec, tmp_path, capsys) -> None:
-    folder = _empty_class_folder(tmp_path / "images")
-    code, _, err = run_cli(
-        [
-            "fit",
-            "--model",
-            tiny_model_spec,
-            "--data",
-            f"imagefolder:{folder}",
-            "--quiet",
-            "--image-size",
-            "16",
-            "--out",
-            tmp_path / "run",
-        ],
-        capsys,
-    )
-    assert_one_line_error(code, err, "class_9")
+@pytest.mark.parametrize(
+    ("make_folder", "fragment"),
+    [(_corrupt_folder, "broken.png"), (_empty_class_folder, "class_9")],
+    ids=["corrupt-image", "class-without-images"],
+)
+def test_bad_image_folder_names_the_culprit(make_folder, fragment, tiny_model_spec, tmp_path, capsys) -> None:
+    folder = make_folder(tmp_path / "images")
+    args = _fit_args(tiny_model_spec, f"imagefolder:{folder}", tmp_path / "run")
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, fragment)
 
 
 def test_nan_loss_gives_one_line(tiny_model_spec, tmp_path, capsys) -> None:
-    code, _, err = run_cli(
-        [
-            "fit",
-            "--model",
-            tiny_model_spec,
-            "--data",
-            "digits",
-            "--image-size",
-            "16",
-            "--shots",
-            "5",
-            "--epochs",
-            "2",
-            "--lr",
-            "1e30",
-            "--optimizer",
-            "sgd",
-            "--quiet",
-            "--out",
-            tmp_path / "run",
-        ],
-        capsys,
-    )
+    extra = ("--shots", "5", "--epochs", "2", "--lr", "1e30", "--optimizer", "sgd")
+    code, _, err = run_cli(_fit_args(tiny_model_spec, "digits", tmp_path / "run", *extra), capsys)
     assert_one_line_error(code, err, "loss became", "--lr")
 
 
 def test_predict_and_evaluate_bad_paths(tiny_model_spec, tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    assert (
-        run_cli(
-            [
-                "fit",
-                "--model",
-                tiny_model_spec,
-                "--data",
-                "digits",
-                "--image-size",
-                "16",
-                "--shots",
-                "3",
-                "--method",
-                "linear-probe",
-                "--quiet",
-                "--out",
-                out,
-            ],
-            capsys,
-        )[0]
-        == 0
-    )
+    args = _fit_args(tiny_model_spec, "digits", out, "--shots", "3", "--method", "linear-probe")
+    assert run_cli(args, capsys)[0] == 0
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"\x00\x01 not an image")
     code, _, err = run_cli(["predict", out, garbage], capsys)
