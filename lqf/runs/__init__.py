@@ -1,0 +1,5 @@
+"""Run directories."""
+
+from lqf.runs.rundir import RunDirectory
+
+__all__ = ["RunDirectory"]
