@@ -129,8 +129,9 @@ def fit(
     # wall time of this process plus the epochs a resumed run had already done
     train_seconds = time.perf_counter() - start + ctx.resumed_seconds
     model.eval()
-    test = evaluate(model, data.test, batch_size=max(256, config.batch_size), device=config.device,
-                    quiet=quiet)
+    test = evaluate(
+        model, data.test, batch_size=max(256, config.batch_size), device=config.device, quiet=quiet
+    )
     metrics: dict[str, Any] = {
         "method": config.method,
         "model": config.model,
@@ -177,7 +178,9 @@ def load_run(path: str) -> tuple[FitConfig, Any, TransferModel, dict[str, Any]]:
     method_cls = get_method(config.method)
     options = from_dict(method_cls.Options, saved.get("method_options", {}), source=run.file("config.json"))
     if not run.has("model.json"):
-        raise LqfError(f"run {path!r} did not finish (no model.json); finish it with: lqf fit --resume {path}")
+        raise LqfError(
+            f"run {path!r} did not finish (no model.json); finish it with: lqf fit --resume {path}"
+        )
     info = read_json(run.file("model.json"))
     model = build_model(config.model, info["num_classes"], pretrained=False)
     try:
