@@ -226,3 +226,18 @@ def test_ctrl_c_keeps_checkpoint_and_resume_finishes(tiny_model_spec: str, tmp_p
     log = RunDirectory(str(out)).read_log()
     assert [r["epoch"] for r in log] == list(range(1, done + 2))
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == done + 1
+
+
+def test_peak_memory_is_measured_per_run() -> None:
+    import numpy as np
+
+    from lqf.runs.fit import peak_memory_mb, reset_peak_memory
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("peak reset needs Linux /proc")
+    big = np.ones(100_000_000)  # 763 MiB, touched
+    before = peak_memory_mb()
+    del big
+    reset_peak_memory()
+    after = peak_memory_mb()
+    assert before - after > 500

@@ -45,11 +45,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def reset_peak_memory(device: str = "cpu") -> None:
+    """Start a new peak-memory measurement (see :func:`peak_memory_mb`)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: writing 5 to clear_refs resets the peak resident set size
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: str = "cpu") -> float:
-    """Peak memory of this process in MiB: resident set size on the CPU
-    (``getrusage``), allocated tensor memory on CUDA devices."""
+    """Peak memory in MiB since :func:`reset_peak_memory`.
+
+    On the CPU: the peak resident set size of the process (``VmHWM`` on Linux;
+    elsewhere ``getrusage``, the peak over the whole process lifetime). On
+    CUDA devices: the peak of allocated tensor memory.
+    """
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
@@ -104,6 +126,7 @@ def fit(
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
+    reset_peak_memory(config.device)
 
     data = load_data(
         config.data,
