@@ -70,19 +70,6 @@ class FitConfig:
                 raise LqfError(message)
 
 
-def field_help(cls: type) -> dict[str, dict]:
-    """``{name: {"default", "type", "help", "choices"}}`` for a config dataclass."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        out[f.name] = {
-            "default": f.default,
-            "type": f.type,
-            "help": f.metadata.get("help", ""),
-            "choices": f.metadata.get("choices"),
-        }
-    return out
-
-
 def from_dict(cls: type, values: dict[str, Any], *, source: str) -> Any:
     """Build ``cls`` from ``values``, rejecting unknown keys with one clear line."""
     names = {f.name for f in dataclasses.fields(cls)}

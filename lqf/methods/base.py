@@ -87,8 +87,6 @@ class Method(ABC):
     name: ClassVar[str]
     Options: ClassVar[type]
     summary: ClassVar[str] = ""
-    #: True if ``fit`` trains epoch by epoch (uses --epochs, checkpoints, resumes)
-    iterative: ClassVar[bool] = True
 
     def __init__(self, options: Any | None = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -140,7 +140,6 @@ class LinearProbe(Method):
     name = "linear-probe"
     Options = LinearProbeOptions
     summary = "frozen features + ridge (closed form) or logistic regression"
-    iterative = False
 
     def fit(self, model: nn.Module, data, ctx: FitContext) -> None:
         o: LinearProbeOptions = self.options

@@ -15,7 +15,7 @@ import random
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -211,10 +211,6 @@ def load_run(path: str) -> tuple[FitConfig, Any, TransferModel, dict[str, Any]]:
     except RuntimeError as err:
         raise LqfError(f"weights in {path!r} do not fit {config.model}: {str(err).splitlines()[0]}") from None
     return config, options, model.eval(), info
-
-
-def config_dict(config: FitConfig) -> dict[str, Any]:
-    return asdict(config)
 
 
 def default_run_dir(config: FitConfig) -> str:
