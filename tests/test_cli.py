@@ -178,3 +178,22 @@ def test_list_and_help(capsys) -> None:
     assert code == 0 and "efficientnet_lite0" in out and "linear-probe" in out and "fashion-mnist" in out
     assert main(["fit", "--help"]) == 0
     assert "--unfreeze" in capsys.readouterr().out
+
+
+def test_compare_shows_metrics_and_differing_settings(tiny_model_spec, tmp_path, capsys) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, seed in ((a, "1"), (b, "2")):
+        args = _fit_args(
+            tiny_model_spec, "digits", out, "--shots", "3", "--method", "linear-probe", "--seed", seed
+        )
+        assert run_cli(args, capsys)[0] == 0
+    code, out, _ = run_cli(["compare", a, b], capsys)
+    assert code == 0
+    header, _, row_a, row_b = out.strip().splitlines()
+    assert header.split()[:3] == ["run", "method", "test_accuracy"] and header.split()[-1] == "seed"
+    accuracy = json.loads((a / "metrics.json").read_text())["test_accuracy"]
+    assert row_a.split()[0] == str(a) and row_a.split()[2] == f"{accuracy:.4f}" and row_a.split()[-1] == "1"
+    assert row_b.split()[-1] == "2"
+    (b / "metrics.json").unlink()
+    code, _, err = run_cli(["compare", a, b], capsys)
+    assert_one_line_error(code, err, "not finished", "--resume")

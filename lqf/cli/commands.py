@@ -181,6 +181,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compare ----------------------------------------------------------------------
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lqf.reports.compare import compare_runs
+
+    _say(compare_runs(args.run_dirs, markdown=args.markdown))
+    return 0
+
+
 # -- demo and list ------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from lqf.reports.demo import run_demo

@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pr.set_defaults(func=commands.cmd_predict)
 
+    cmp = sub.add_parser(
+        "compare",
+        help="compare finished runs side by side",
+        description="One row per run: its metrics and the settings that differ.",
+    )
+    cmp.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    cmp.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    cmp.set_defaults(func=commands.cmd_compare)
+
     demo = sub.add_parser(
         "demo",
         help="compare every method on the built-in default task",

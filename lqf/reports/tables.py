@@ -15,6 +15,8 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if value != value:  # nan
             return "-"
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.2g}"
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
 
