@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--name", default="baseline")
+    parser.add_argument("--remark", help="a note on this invocation (e.g. a shared machine) for the report")
     args = parser.parse_args(argv)
     lrs, recipes, epochs = LRS, RECIPES, dict(EPOCHS)
     if args.quick:
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
             best = max(grid, key=lambda g: g["val_accuracy"])
+            for g in grid:
+                g["chosen"] = g is best
             # 2. chosen settings and the probes over seeds
             methods = {
                 "finetune": ["--method", "finetune", *best["flags"]],
@@ -167,8 +170,7 @@ NOTES = """Notes:
 - Entries at 10.0 in the grid are runs that collapsed to one class (a head learning rate of 1e-2
   or more with AdamW); the selection on validation discards them.
 - Each run is a separate process; peak memory is the peak resident set size of that process.
-  Train seconds are wall time on the 2-core machine; runs that shared it with other work
-  (the first ~25 minutes of the committed run: fashion-mnist, 10 shots) are inflated by up to 2x."""
+  Train seconds are wall time of the run on the machine named above."""
 
 
 def hardware() -> dict:
@@ -197,13 +199,17 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
     if not EXECUTED and os.path.isfile(previous):
         # every run came from benchmarks/runs/: keep the wall time of the invocation that trained them
         with open(previous) as handle:
-            seconds = json.load(handle).get("wall_seconds", seconds)
+            kept = json.load(handle)
+        seconds = kept.get("wall_seconds", seconds)
+        if args.remark is None:
+            args.remark = kept.get("remark")
     command = "python benchmarks/baseline.py" + (" --quick" if args.quick else "")
     payload = {
         "command": command,
         "hardware": hardware(),
         "wall_seconds": seconds,
         "image_size": args.image_size,
+        "remark": args.remark,
         "results": results,
     }
     with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as handle:
@@ -237,14 +243,15 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
     ]
     for r in results:
         if r["selection_grid"]:
-            best = max(r["selection_grid"], key=lambda g: g["val_accuracy"])
             for g in r["selection_grid"]:
                 lines.append(
                     f"| {r['data']} | {r['shots']} | {g['recipe']} | {g['lr']} "
                     f"| {100 * g['val_accuracy']:.1f} | {100 * g['test_accuracy']:.1f} "
-                    f"| {'yes' if g is best else ''} |"
+                    f"| {'yes' if g['chosen'] else ''} |"
                 )
     lines += ["", NOTES]
+    if args.remark:
+        lines += [f"- {args.remark}"]
     with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))
