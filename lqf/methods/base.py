@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import nn
 
 from lqf.errors import LqfError
 
@@ -92,8 +93,22 @@ class Method(ABC):
         self.options = options if options is not None else self.Options()
 
     @abstractmethod
-    def fit(self, model: TransferModel, data: DataSplits, ctx: FitContext) -> None:
-        """Train ``model`` in place on ``data.train`` (``data.val`` for model selection)."""
+    def fit(self, model: TransferModel, data: DataSplits, ctx: FitContext) -> nn.Module | None:
+        """Train ``model`` on ``data.train`` (``data.val`` for model selection).
+
+        Returns ``None`` when ``model`` was trained in place, or the trained
+        model when the method builds a new one around it (e.g. LQF's
+        linearized model); that one must have a ``spec`` dict describing how
+        to rebuild it (see :func:`lqf.runs.fit.load_run`).
+        """
+
+    @classmethod
+    def rebuild(cls, model: TransferModel, spec: dict[str, Any], info: dict[str, Any]) -> nn.Module:
+        """The trained model's structure around a freshly built ``model`` (weights loaded after).
+
+        Only for methods whose :meth:`fit` returns a new model with a ``spec``.
+        """
+        raise LqfError(f"method {cls.name!r} cannot rebuild a saved model from {spec!r}")
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -134,3 +149,4 @@ def get_method(name: str) -> type[Method]:
 def _load_builtin() -> None:
     import lqf.methods.finetune  # noqa: F401
     import lqf.methods.linear_probe  # noqa: F401
+    import lqf.methods.lqf  # noqa: F401

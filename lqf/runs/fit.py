@@ -86,6 +86,7 @@ def model_info(model: TransferModel, config: FitConfig, classes: list[str]) -> d
         "image_size": config.image_size,
         "input_spec": model.input_spec.to_dict(),
         "head": type(model.head).__name__,
+        **({"method_model": model.spec} if getattr(model, "spec", None) is not None else {}),
     }
 
 
@@ -148,7 +149,9 @@ def fit(
     ctx = FitContext(config=config, run=run, quiet=quiet, resume=resume)
     method = method_cls(options)
     start = time.perf_counter()
-    method.fit(model, data, ctx)
+    trained = method.fit(model, data, ctx)
+    if trained is not None:
+        model = trained
     # wall time of this process plus the epochs a resumed run had already done
     train_seconds = time.perf_counter() - start + ctx.resumed_seconds
     model.eval()
@@ -206,6 +209,8 @@ def load_run(path: str) -> tuple[FitConfig, Any, TransferModel, dict[str, Any]]:
         )
     info = read_json(run.file("model.json"))
     model = build_model(config.model, info["num_classes"], pretrained=False)
+    if "method_model" in info:
+        model = method_cls.rebuild(model, info["method_model"], info)
     try:
         model.load_state_dict(run.load_state())
     except RuntimeError as err:

@@ -1,0 +1,285 @@
+"""LQF: linear quadratic fine-tuning (Achille et al., CVPR 2021).
+
+The network is replaced by its first-order Taylor expansion around the
+pretrained weights ``w0`` in a chosen subset of its parameters,
+
+    f_lin(x; w0 + dw) = f(x; w0) + J_w f(x; w0) dw,
+
+and trained with the squared error on scaled one-hot targets plus a ridge
+penalty, which makes training a convex quadratic problem with one minimiser
+(:class:`~lqf.solvers.QuadraticProblem`). The paper's three changes are
+options that can each be switched off for ablations:
+
+* ``--leaky-slope``: ReLU/ReLU6 become Leaky-ReLU (0 keeps the original);
+* ``--lqf-loss mse`` (``ce``: cross-entropy, only with ``--solver sgd``);
+* ``--preconditioner kfac`` (``none``) for the iterative solvers.
+
+Steps of :meth:`LQF.fit`:
+
+1. swap activations; fit the new head first (``--head-init probe``: the ridge
+   linear probe on the pretrained features, its strength chosen on the
+   validation split), so the backbone's tangent features are not multiplied
+   by a random head;
+2. cut the network before the first linearized layer and cache that
+   layer's inputs for the training and validation images;
+3. solve: ``kernel`` (exact, through the empirical NTK), ``cg`` (matrix-free
+   conjugate gradient to a relative residual) or ``sgd`` (mini-batch
+   preconditioned SGD/Adam, the paper's route); for ``kernel`` and ``cg``
+   the ridge strength is chosen on the validation split from a grid unless
+   ``--lqf-ridge`` is given.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lqf.config import option
+from lqf.errors import LqfError
+from lqf.linearization import LinearizedModel, swap_activations
+from lqf.linearization.chain import link_of, split_at
+from lqf.linearization.lqf_model import PREDICT_MODES, LQFModel
+from lqf.methods.base import FitContext, Method, register_method
+from lqf.methods.linear_probe import GRID, mean_eigenvalue, ridge_path
+from lqf.models.transfer import TransferModel
+from lqf.solvers import KernelSolver, QuadraticProblem, conjugate_gradient
+from lqf.training.evaluate import accuracy, apply
+
+_LAST = re.compile(r"^last-(\d+)$")
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+SOLVERS = ("auto", "kernel", "cg", "sgd")
+
+
+@dataclass
+class LQFOptions:
+    """Options of ``--method lqf``."""
+
+    linearize: str = option(
+        "all",
+        "linearized parameters: all, head, last-K (the last K units + head), "
+        "or comma-separated name patterns (e.g. 'features.blocks.6.*,head.*')",
+    )
+    leaky_slope: float = option(0.0, "negative slope of the Leaky-ReLU that replaces ReLU/ReLU6 (0: no swap)")
+    leaky_clip: bool = option(True, "keep ReLU6's upper clip at 6 when swapping")
+    head_init: str = option(
+        "probe", "linearize around a fitted head (probe) or the random one", choices=("probe", "random")
+    )
+    lqf_loss: str = option("mse", "loss: mse (quadratic) or ce (cross-entropy; --solver sgd)", choices=("mse", "ce"))
+    target_scale: float = option(1.0, "MSE targets are target_scale * one-hot")
+    lqf_ridge: float | None = option(
+        None,
+        "ridge lambda on ||dw||^2, relative to the mean eigenvalue of the tangent kernel; "
+        "default: chosen on the validation split",
+    )
+    solver: str = option("auto", "kernel (exact), cg, sgd; auto: kernel when it fits, else cg", choices=SOLVERS)
+    preconditioner: str = option("kfac", "preconditioner of cg and sgd", choices=("kfac", "none"))
+    damping: float = option(1e-3, "K-FAC damping, relative to the mean eigenvalue of the K-FAC curvature")
+    tol: float = option(1e-4, "cg: stop at this relative residual")
+    max_iter: int = option(300, "cg: at most this many iterations per ridge value")
+    lqf_lr: float = option(0.1, "sgd: learning rate (of the preconditioned step)")
+    lqf_optimizer: str = option("sgd", "sgd: the optimizer the preconditioned gradient feeds", choices=("sgd", "adam"))
+    predict: str = option("linear", "predict with f_lin (linear) or the network at w0 + dw", choices=PREDICT_MODES)
+    kernel_memory_mb: float = option(4096.0, "kernel: memory budget for the Jacobian")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.leaky_slope < 1:
+            raise LqfError(f"--leaky-slope must be in [0, 1), got {self.leaky_slope}")
+        if self.target_scale <= 0:
+            raise LqfError(f"--target-scale must be > 0, got {self.target_scale}")
+        if self.lqf_ridge is not None and self.lqf_ridge < 0:
+            raise LqfError(f"--lqf-ridge must be >= 0, got {self.lqf_ridge}")
+        if self.lqf_loss == "ce" and self.solver in ("kernel", "cg"):
+            raise LqfError("--lqf-loss ce is not quadratic: use it with --solver sgd")
+        if self.damping < 0 or self.tol <= 0 or self.max_iter < 1 or self.lqf_lr <= 0:
+            raise LqfError("--damping must be >= 0, --tol, --lqf-lr > 0 and --max-iter >= 1")
+
+
+def select_linearized(model: TransferModel, spec: str) -> list[str]:
+    """Parameter names chosen by ``spec`` (see ``--linearize``), in model order."""
+    params = [n for n, _ in model.named_parameters()]
+    if spec == "all":
+        return params
+    units = model.units()
+    if spec == "head" or _LAST.match(spec):
+        k = 0 if spec == "head" else int(_LAST.match(spec).group(1))
+        backbone = units[:-1]
+        if k > len(backbone):
+            raise LqfError(f"--linearize {spec}: the model has only {len(backbone)} units; use all")
+        prefixes = [n for n, _ in backbone[len(backbone) - k :]] + ["head"]
+        return [p for p in params if any(p == u or p.startswith(u + ".") for u in prefixes)]
+    patterns = [s.strip() for s in spec.split(",") if s.strip()]
+    chosen = [p for p in params if any(fnmatch.fnmatchcase(p, pat) for pat in patterns)]
+    if not chosen:
+        raise LqfError(f"--linearize {spec!r} matches no parameter; names look like {params[-1]!r}")
+    return chosen
+
+
+def fit_probe_head(model: TransferModel, train: torch.Tensor, labels: torch.Tensor,
+                   val: torch.Tensor | None, val_labels: torch.Tensor | None) -> float:
+    """Set ``model.head`` (``nn.Linear``) to the ridge probe chosen on validation; returns its strength."""
+    c = model.head.out_features
+    targets = nn.functional.one_hot(labels, c).double()
+    scale = mean_eigenvalue(train)
+    cands = ridge_path(train, targets, [r * scale for r in GRID])
+    if val is None or len(val) == 0:
+        best = GRID.index(1.0) if 1.0 in GRID else len(GRID) // 2
+    else:
+        scores = [accuracy(val.double() @ w + b, val_labels) for w, b in cands]
+        best = max(range(len(GRID)), key=lambda i: (scores[i], i))
+    w, b = cands[best]
+    with torch.no_grad():
+        model.head.weight.copy_(w.T.float())
+        model.head.bias.copy_(b.float())
+    return GRID[best]
+
+
+def _link_input(model: TransferModel, names: list[str], probe: torch.Tensor):
+    first = link_of(model, names[0])
+    return split_at(model, first, probe) if first is not None else None
+
+
+def _predict(lin: LinearizedModel, x: torch.Tensor, v: list[torch.Tensor], batch: int = 256) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([sum(lin.primal_tangent(x[i : i + batch], v)) for i in range(0, len(x), batch)])
+
+
+def hutchinson_trace(problem: QuadraticProblem, probes: int = 4, seed: int = 0) -> float:
+    """Estimate of ``trace(J M^{-1} J^T)`` with Rademacher probes (one vjp over the data each)."""
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(probes):
+        u = torch.randint(0, 2, problem.residual.shape, generator=g).float() * 2 - 1
+        total += float((problem.vjp(u).pow(2) / problem.metric).sum())
+    return total / probes
+
+
+@register_method
+class LQF(Method):
+    """Linearized network, MSE loss, ridge; solved exactly or by preconditioned iterations."""
+
+    name = "lqf"
+    Options = LQFOptions
+    summary = "linear quadratic fine-tuning: first-order Taylor expansion, MSE, K-FAC, exact solvers"
+
+    def fit(self, model: TransferModel, data, ctx: FitContext) -> LQFModel:
+        o: LQFOptions = self.options
+        device = ctx.device
+        model.to(device).eval()
+        swapped = swap_activations(model, o.leaky_slope, o.leaky_clip) if o.leaky_slope > 0 else 0
+        ctx.extra["activations_swapped"] = swapped
+        bs = max(ctx.config.batch_size, 256)
+        has_val = len(data.val) > 0
+        if o.head_init == "probe":
+            if not isinstance(model.head, nn.Linear):
+                raise LqfError("--head-init probe needs an nn.Linear head")
+            ftr = apply(model.embed, data.train, batch_size=bs, device=device, desc="features", quiet=ctx.quiet)
+            fva = apply(model.embed, data.val, batch_size=bs, device=device) if has_val else None
+            ctx.extra["head_ridge_relative"] = fit_probe_head(
+                model, ftr, data.train.labels, fva, data.val.labels if has_val else None
+            )
+        names = select_linearized(model, o.linearize)
+        probe = next(iter(data.train.batches(2)))[0].to(device)
+        split = _link_input(model, names, probe)
+        if split is None:
+            prefix, suffix = None, None
+        else:
+            prefix, suffix = split
+        spec = {
+            "linearize": o.linearize,
+            "leaky_slope": o.leaky_slope,
+            "leaky_clip": o.leaky_clip,
+            "predict": o.predict,
+            "split": split is not None,
+        }
+        lqf_model = LQFModel(model, names, prefix, suffix, predict=o.predict, spec=spec).to(device)
+        lin = lqf_model.linear
+        ctx.extra["linearized_parameters"] = lin.num_linearized()
+        ctx.extra["cached_prefix"] = split is not None
+        start = time.perf_counter()
+        xtr = apply(lqf_model.features_in, data.train, batch_size=bs, device=device, desc="cache", quiet=ctx.quiet)
+        xva = apply(lqf_model.features_in, data.val, batch_size=bs, device=device) if has_val else None
+        c = model.num_classes
+        targets = o.target_scale * nn.functional.one_hot(data.train.labels, c).float()
+        solver = o.solver
+        rows = len(xtr) * c
+        if solver == "auto":
+            needed = rows * lin.num_linearized() * 4 / 2**20
+            solver = "kernel" if rows <= 6000 and needed <= o.kernel_memory_mb else "cg"
+        ctx.extra["solver"] = solver
+        if solver == "sgd":
+            from lqf.solvers.minibatch import fit_minibatch
+
+            fit_minibatch(lqf_model, data, ctx, o, xtr)
+        else:
+            problem = QuadraticProblem(lin, xtr, targets, 0.0, batch_size=128)
+            self._solve_exact(problem, solver, xva, data.val.labels if has_val else None, ctx)
+        ctx.extra["solve_seconds"] = time.perf_counter() - start
+        return lqf_model
+
+    @classmethod
+    def rebuild(cls, model: TransferModel, spec: dict[str, Any], info: dict[str, Any]) -> LQFModel:
+        """The :class:`LQFModel` structure of a saved run around ``model`` (random weights)."""
+        model.eval()
+        if spec.get("leaky_slope", 0) > 0:
+            swap_activations(model, spec["leaky_slope"], spec.get("leaky_clip", True))
+        names = select_linearized(model, spec["linearize"])
+        size = int(info.get("image_size", 64))
+        split = _link_input(model, names, torch.rand(2, 3, size, size)) if spec.get("split") else None
+        prefix, suffix = split if split is not None else (None, None)
+        return LQFModel(model, names, prefix, suffix, predict=spec.get("predict", "linear"), spec=spec)
+
+    def _solve_exact(self, problem: QuadraticProblem, solver: str, xva, yva, ctx: FitContext) -> None:
+        o: LQFOptions = self.options
+        lin = problem.model
+        n = problem.n
+        rel = [o.lqf_ridge] if o.lqf_ridge is not None else list(RIDGE_GRID)
+        if xva is None and o.lqf_ridge is None:
+            rel = [1e-2]
+        records: list[dict[str, Any]] = []
+        if solver == "kernel":
+            ks = KernelSolver(problem, memory_mb=o.kernel_memory_mb)
+            scale = ks.mean_eigenvalue() / n
+            solutions = [(r, ks.solve(r * scale), {}) for r in rel]
+        else:
+            scale = hutchinson_trace(problem) / (problem.residual.numel()) / n
+            pre = None
+            if o.preconditioner == "kfac":
+                from lqf.curvature import KFAC
+
+                kfac = KFAC(lin, problem.inputs, batch_size=64)
+                damping = o.damping * kfac.mean_eigenvalue()
+            b = problem.rhs()
+            x = None
+            solutions = []
+            for r in sorted(rel, reverse=True):  # strong to weak ridge, warm-started
+                problem.lam = r * scale
+                if o.preconditioner == "kfac":
+                    pre = lambda v, lam=problem.lam: kfac.inverse(v, damping, lam)  # noqa: E731
+                res = conjugate_gradient(problem.hvp, b, x0=x, precondition=pre, tol=o.tol, max_iter=o.max_iter)
+                x = res.x
+                solutions.append((r, x.clone(), {"cg_iterations": res.iterations, "cg_residual": res.residual}))
+        best = None
+        for r, dw, info in solutions:
+            v = problem.unflatten(dw)
+            val_acc = accuracy(_predict(lin, xva, v), yva) if xva is not None else float("nan")
+            train_acc = accuracy(_predict(lin, problem.inputs, v), problem.targets.argmax(1))
+            rec = {"ridge_relative": r, "val_accuracy": val_acc, "train_accuracy": train_acc, **info}
+            records.append(rec)
+            key = (val_acc if not math.isnan(val_acc) else 0.0, r)
+            if best is None or key > best[0]:
+                best = (key, r, dw)
+        _, r, dw = best
+        with torch.no_grad():
+            for d, val in zip(lin.delta, problem.unflatten(dw), strict=True):
+                d.copy_(val)
+        ctx.extra["ridge_relative"] = r
+        ctx.extra["ridge_grid"] = records
+        chosen = next(rec for rec in records if rec["ridge_relative"] == r)
+        ctx.log({"epoch": 1, **{k: v for k, v in chosen.items() if k != "ridge_relative"}})

@@ -1,0 +1,69 @@
+"""Dense Jacobians of a linearized model, in chunks (for the kernel solver and tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.func import functional_call, jacrev, vmap
+
+from lqf.linearization import LinearizedModel
+
+
+def jacobian(
+    model: LinearizedModel, x: torch.Tensor, index: Sequence[int] | None = None
+) -> torch.Tensor:
+    """``J`` of shape ``(B, C, P)``: ``d f(x_b; w0)_c / d w_p`` for the linearized weights.
+
+    ``index`` selects which of ``model.names`` are the columns (default all,
+    in order, each flattened). Per-sample reverse mode (``vmap`` over samples
+    of ``jacrev``), so the cost is ``B * C`` single-image backward passes.
+    """
+    names = model.names if index is None else [model.names[i] for i in index]
+    w0 = dict(zip(model.names, model.w0, strict=True))
+    w = tuple(w0[n] for n in names)
+
+    def f(ws: tuple[torch.Tensor, ...], xi: torch.Tensor) -> torch.Tensor:
+        return functional_call(model.module, dict(zip(names, ws, strict=True)), (xi.unsqueeze(0),))[0]
+
+    jac = vmap(jacrev(f), in_dims=(None, 0))(w, x)
+    b = x.shape[0]
+    return torch.cat([j.reshape(b, j.shape[1], -1) for j in jac], dim=2)
+
+
+def parameter_groups(model: LinearizedModel, columns_per_group: int) -> list[list[int]]:
+    """Consecutive parameter indices grouped so that each group has about ``columns_per_group`` weights.
+
+    A single tensor larger than that forms a group of its own.
+    """
+    groups: list[list[int]] = []
+    size = 0
+    for i, d in enumerate(model.delta):
+        if groups and size + d.numel() <= columns_per_group:
+            groups[-1].append(i)
+            size += d.numel()
+        else:
+            groups.append([i])
+            size = d.numel()
+    return groups
+
+
+def jacobian_blocks(
+    model: LinearizedModel,
+    x: torch.Tensor,
+    *,
+    memory_mb: float = 1024.0,
+    batch_size: int = 16,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield ``(parameter indices, J_group)`` with ``J_group`` of shape ``(N*C, P_group)``.
+
+    Groups are sized so that one ``J_group`` takes at most about
+    ``memory_mb`` (float32), which bounds the memory of the kernel solver.
+    """
+    n = x.shape[0]
+    with torch.no_grad():
+        c = model.primal(x[:1]).shape[1]
+    columns = max(1, int(memory_mb * 2**20 / 4 / max(1, n * c)))
+    for group in parameter_groups(model, columns):
+        rows = [jacobian(model, x[i : i + batch_size], group).detach() for i in range(0, n, batch_size)]
+        yield group, torch.cat(rows).reshape(n * c, -1)
