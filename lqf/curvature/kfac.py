@@ -236,7 +236,7 @@ class KFAC:
 
     def mean_eigenvalue(self) -> float:
         """``trace(kfac(J^T J / N)) / P``: the scale that damping is measured in."""
-        total = sum(
-            float((b.eG.sum(1) * b.eA.sum(1)).sum()) / self.n for b in self.blocks
-        ) + sum(float(d.sum()) for d in self.diagonal)
+        total = sum(float((b.eG.sum(1) * b.eA.sum(1)).sum()) / self.n for b in self.blocks) + sum(
+            float(d.sum()) for d in self.diagonal
+        )
         return total / self.offsets[-1]

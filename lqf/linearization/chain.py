@@ -74,9 +74,7 @@ def chain_matches(model: TransferModel, links: list[tuple[str, nn.Module]], prob
     return bool(torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()) + 1e-8))
 
 
-def split_at(
-    model: TransferModel, first: str, probe
-) -> tuple[nn.Module, nn.Module] | None:
+def split_at(model: TransferModel, first: str, probe) -> tuple[nn.Module, nn.Module] | None:
     """``(prefix, suffix)`` with ``model(x) == suffix(prefix(x))``, cut before link ``first``.
 
     ``first`` is the name of the chain link holding the first linearized

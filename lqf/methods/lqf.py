@@ -71,21 +71,29 @@ class LQFOptions:
     head_init: str = option(
         "probe", "linearize around a fitted head (probe) or the random one", choices=("probe", "random")
     )
-    lqf_loss: str = option("mse", "loss: mse (quadratic) or ce (cross-entropy; --solver sgd)", choices=("mse", "ce"))
+    lqf_loss: str = option(
+        "mse", "loss: mse (quadratic) or ce (cross-entropy; --solver sgd)", choices=("mse", "ce")
+    )
     target_scale: float = option(1.0, "MSE targets are target_scale * one-hot")
     lqf_ridge: float | None = option(
         None,
         "ridge lambda on ||dw||^2, relative to the mean eigenvalue of the tangent kernel; "
         "default: chosen on the validation split",
     )
-    solver: str = option("auto", "kernel (exact), cg, sgd; auto: kernel when it fits, else cg", choices=SOLVERS)
+    solver: str = option(
+        "auto", "kernel (exact), cg, sgd; auto: kernel when it fits, else cg", choices=SOLVERS
+    )
     preconditioner: str = option("kfac", "preconditioner of cg and sgd", choices=("kfac", "none"))
     damping: float = option(1e-3, "K-FAC damping, relative to the mean eigenvalue of the K-FAC curvature")
     tol: float = option(1e-4, "cg: stop at this relative residual")
     max_iter: int = option(300, "cg: at most this many iterations per ridge value")
     lqf_lr: float = option(0.1, "sgd: learning rate (of the preconditioned step)")
-    lqf_optimizer: str = option("sgd", "sgd: the optimizer the preconditioned gradient feeds", choices=("sgd", "adam"))
-    predict: str = option("linear", "predict with f_lin (linear) or the network at w0 + dw", choices=PREDICT_MODES)
+    lqf_optimizer: str = option(
+        "sgd", "sgd: the optimizer the preconditioned gradient feeds", choices=("sgd", "adam")
+    )
+    predict: str = option(
+        "linear", "predict with f_lin (linear) or the network at w0 + dw", choices=PREDICT_MODES
+    )
     kernel_memory_mb: float = option(4096.0, "kernel: memory budget for the Jacobian")
 
     def __post_init__(self) -> None:
@@ -121,8 +129,13 @@ def select_linearized(model: TransferModel, spec: str) -> list[str]:
     return chosen
 
 
-def fit_probe_head(model: TransferModel, train: torch.Tensor, labels: torch.Tensor,
-                   val: torch.Tensor | None, val_labels: torch.Tensor | None) -> float:
+def fit_probe_head(
+    model: TransferModel,
+    train: torch.Tensor,
+    labels: torch.Tensor,
+    val: torch.Tensor | None,
+    val_labels: torch.Tensor | None,
+) -> float:
     """Set ``model.head`` (``nn.Linear``) to the ridge probe chosen on validation; returns its strength."""
     c = model.head.out_features
     targets = nn.functional.one_hot(labels, c).double()
@@ -179,7 +192,9 @@ class LQF(Method):
         if o.head_init == "probe":
             if not isinstance(model.head, nn.Linear):
                 raise LqfError("--head-init probe needs an nn.Linear head")
-            ftr = apply(model.embed, data.train, batch_size=bs, device=device, desc="features", quiet=ctx.quiet)
+            ftr = apply(
+                model.embed, data.train, batch_size=bs, device=device, desc="features", quiet=ctx.quiet
+            )
             fva = apply(model.embed, data.val, batch_size=bs, device=device) if has_val else None
             ctx.extra["head_ridge_relative"] = fit_probe_head(
                 model, ftr, data.train.labels, fva, data.val.labels if has_val else None
@@ -203,7 +218,9 @@ class LQF(Method):
         ctx.extra["linearized_parameters"] = lin.num_linearized()
         ctx.extra["cached_prefix"] = split is not None
         start = time.perf_counter()
-        xtr = apply(lqf_model.features_in, data.train, batch_size=bs, device=device, desc="cache", quiet=ctx.quiet)
+        xtr = apply(
+            lqf_model.features_in, data.train, batch_size=bs, device=device, desc="cache", quiet=ctx.quiet
+        )
         xva = apply(lqf_model.features_in, data.val, batch_size=bs, device=device) if has_val else None
         c = model.num_classes
         targets = o.target_scale * nn.functional.one_hot(data.train.labels, c).float()
@@ -262,9 +279,13 @@ class LQF(Method):
                 problem.lam = r * scale
                 if o.preconditioner == "kfac":
                     pre = lambda v, lam=problem.lam: kfac.inverse(v, damping, lam)  # noqa: E731
-                res = conjugate_gradient(problem.hvp, b, x0=x, precondition=pre, tol=o.tol, max_iter=o.max_iter)
+                res = conjugate_gradient(
+                    problem.hvp, b, x0=x, precondition=pre, tol=o.tol, max_iter=o.max_iter
+                )
                 x = res.x
-                solutions.append((r, x.clone(), {"cg_iterations": res.iterations, "cg_residual": res.residual}))
+                solutions.append(
+                    (r, x.clone(), {"cg_iterations": res.iterations, "cg_residual": res.residual})
+                )
         best = None
         for r, dw, info in solutions:
             v = problem.unflatten(dw)

@@ -10,9 +10,7 @@ from torch.func import functional_call, jacrev, vmap
 from lqf.linearization import LinearizedModel
 
 
-def jacobian(
-    model: LinearizedModel, x: torch.Tensor, index: Sequence[int] | None = None
-) -> torch.Tensor:
+def jacobian(model: LinearizedModel, x: torch.Tensor, index: Sequence[int] | None = None) -> torch.Tensor:
     """``J`` of shape ``(B, C, P)``: ``d f(x_b; w0)_c / d w_p`` for the linearized weights.
 
     ``index`` selects which of ``model.names`` are the columns (default all,
