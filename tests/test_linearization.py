@@ -86,8 +86,12 @@ def test_linearized_equals_network_at_w0_and_jvp_matches_finite_differences(mode
         # relative. The step is tiny because a ReLU kink within h of an activation
         # makes the difference quotient differ from the one-sided derivative.
         h = 1e-8
-        plus = torch.func.functional_call(model, {n: w + h * d for n, w, d in zip(names, lin.w0, v, strict=True)}, (x,))
-        minus = torch.func.functional_call(model, {n: w - h * d for n, w, d in zip(names, lin.w0, v, strict=True)}, (x,))
+        plus = torch.func.functional_call(
+            model, {n: w + h * d for n, w, d in zip(names, lin.w0, v, strict=True)}, (x,)
+        )
+        minus = torch.func.functional_call(
+            model, {n: w - h * d for n, w, d in zip(names, lin.w0, v, strict=True)}, (x,)
+        )
         fd = (plus - minus) / (2 * h)
     err = float((jv - fd).abs().max() / fd.abs().max())
     assert err < 1e-5, (arch, err)

@@ -99,6 +99,7 @@ class KFAC:
 
     def __init__(self, model: LinearizedModel, inputs: torch.Tensor, batch_size: int = 64) -> None:
         self.model = model
+        self.dtype = model.delta[0].dtype
         self.n = inputs.shape[0]
         self.sizes = [d.numel() for d in model.delta]
         self.offsets = [0]
@@ -107,7 +108,7 @@ class KFAC:
         self.blocks = self._find_blocks()
         covered = {b.weight for b in self.blocks} | {b.bias for b in self.blocks if b.bias is not None}
         self.diagonal_index = [i for i in range(len(self.sizes)) if i not in covered]
-        self.diagonal = [torch.zeros(self.sizes[i]) for i in self.diagonal_index]
+        self.diagonal = [torch.zeros(self.sizes[i], dtype=self.dtype) for i in self.diagonal_index]
         for i in range(0, self.n, batch_size):
             self._accumulate(inputs[i : i + batch_size])
         for b in self.blocks:
@@ -132,7 +133,14 @@ class KFAC:
             out = module.weight.shape[0] // groups
             da = module.weight[0].numel() + (b is not None)
             blocks.append(
-                _Block(module, w, b, groups, torch.zeros(groups, da, da), torch.zeros(groups, out, out))
+                _Block(
+                    module,
+                    w,
+                    b,
+                    groups,
+                    torch.zeros(groups, da, da, dtype=self.dtype),
+                    torch.zeros(groups, out, out, dtype=self.dtype),
+                )
             )
         return blocks
 

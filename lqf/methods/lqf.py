@@ -62,7 +62,7 @@ class LQFOptions:
     """Options of ``--method lqf``."""
 
     linearize: str = option(
-        "all",
+        "last-3",
         "linearized parameters: all, head, last-K (the last K units + head), "
         "or comma-separated name patterns (e.g. 'features.blocks.6.*,head.*')",
     )
@@ -83,11 +83,15 @@ class LQFOptions:
     solver: str = option(
         "auto", "kernel (exact), cg, sgd; auto: kernel when it fits, else cg", choices=SOLVERS
     )
-    preconditioner: str = option("kfac", "preconditioner of cg and sgd", choices=("kfac", "none"))
-    damping: float = option(1e-3, "K-FAC damping, relative to the mean eigenvalue of the K-FAC curvature")
+    preconditioner: str = option(
+        "auto",
+        "preconditioner: kfac, none; auto: none for cg (faster here), kfac for sgd",
+        choices=("auto", "kfac", "none"),
+    )
+    damping: float = option(0.1, "K-FAC damping, relative to the mean eigenvalue of the K-FAC curvature")
     tol: float = option(1e-4, "cg: stop at this relative residual")
     max_iter: int = option(300, "cg: at most this many iterations per ridge value")
-    lqf_lr: float = option(0.1, "sgd: learning rate (of the preconditioned step)")
+    lqf_lr: float = option(0.03, "sgd: learning rate (of the preconditioned step)")
     lqf_optimizer: str = option(
         "sgd", "sgd: the optimizer the preconditioned gradient feeds", choices=("sgd", "adam")
     )
@@ -260,14 +264,18 @@ class LQF(Method):
         if xva is None and o.lqf_ridge is None:
             rel = [1e-2]
         records: list[dict[str, Any]] = []
+        # lam = relative * trace(J M^-1 J^T) / (N C) / N; the trace from the same seeded
+        # estimate for every solver, so that they solve the same problem
+        scale = hutchinson_trace(problem) / problem.residual.numel() / n
+        ctx.extra["ridge_scale"] = scale
         if solver == "kernel":
             ks = KernelSolver(problem, memory_mb=o.kernel_memory_mb)
-            scale = ks.mean_eigenvalue() / n
             solutions = [(r, ks.solve(r * scale), {}) for r in rel]
         else:
-            scale = hutchinson_trace(problem) / (problem.residual.numel()) / n
             pre = None
-            if o.preconditioner == "kfac":
+            use_kfac = o.preconditioner == "kfac"
+            ctx.extra["preconditioner"] = "kfac" if use_kfac else "none"
+            if use_kfac:
                 from lqf.curvature import KFAC
 
                 kfac = KFAC(lin, problem.inputs, batch_size=64)
@@ -277,7 +285,7 @@ class LQF(Method):
             solutions = []
             for r in sorted(rel, reverse=True):  # strong to weak ridge, warm-started
                 problem.lam = r * scale
-                if o.preconditioner == "kfac":
+                if use_kfac:
                     pre = lambda v, lam=problem.lam: kfac.inverse(v, damping, lam)  # noqa: E731
                 res = conjugate_gradient(
                     problem.hvp, b, x0=x, precondition=pre, tol=o.tol, max_iter=o.max_iter

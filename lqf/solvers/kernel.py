@@ -36,7 +36,8 @@ class KernelSolver:
         rows = problem.n * problem.residual.shape[1]
         if rows > max_rows:
             raise LqfError(
-                f"the kernel solver needs N*C = {rows} <= {max_rows} rows; use --solver cg for this many images"
+                f"the kernel solver needs N*C = {rows} <= {max_rows} rows; "
+                "use --solver cg for this many images"
             )
         needed = rows * problem.dim * 4 / 2**20
         if needed > memory_mb:
@@ -45,12 +46,12 @@ class KernelSolver:
                 "linearize fewer layers or use --solver cg"
             )
         self.problem = problem
-        jac = torch.empty(rows, problem.dim)
+        jac = torch.empty(rows, problem.dim, dtype=problem.dtype)
         for group, block in jacobian_blocks(problem.model, problem.inputs, memory_mb=memory_mb):
             lo = sum(problem.sizes[: group[0]])
             jac[:, lo : lo + block.shape[1]] = block
         self.jac = jac
-        minv = (1.0 / problem.metric).float()
+        minv = 1.0 / problem.metric
         kernel = (jac * minv) @ jac.T
         self.kernel = kernel.double()
         self.evals, self.evecs = torch.linalg.eigh(self.kernel)
@@ -67,7 +68,7 @@ class KernelSolver:
         """The exact minimiser ``dw`` (flat) for ridge strength ``lam > 0``."""
         n = self.problem.n
         alpha = self.evecs @ (self._rt / (self.evals + n * lam))
-        return self.minv * (self.jac.T @ alpha.float())
+        return self.minv * (self.jac.T @ alpha.to(self.jac.dtype))
 
     def solve_path(self, lams: Sequence[float]) -> list[torch.Tensor]:
         """:meth:`solve` for each value of ``lams``."""

@@ -87,7 +87,8 @@ def fit_minibatch(model: LQFModel, data, ctx: FitContext, options, inputs: torch
     scale = hutchinson_trace(problem) / problem.residual.numel() / problem.n
     lam = (options.lqf_ridge if options.lqf_ridge is not None else 1e-2) * scale
     precondition = None
-    if options.preconditioner == "kfac":
+    ctx.extra["preconditioner"] = "none" if options.preconditioner == "none" else "kfac"
+    if options.preconditioner != "none":
         from lqf.curvature import KFAC
 
         kfac = KFAC(lin, inputs, batch_size=64)

@@ -57,7 +57,10 @@ class QuadraticProblem:
         m = [1.0] * len(self.sizes) if metric is None else [float(v) for v in metric]
         if len(m) != len(self.sizes) or min(m) <= 0:
             raise ValueError("metric needs one positive number per linearized tensor")
-        self.metric = torch.cat([torch.full((s,), v) for s, v in zip(self.sizes, m, strict=True)])
+        self.dtype = model.delta[0].dtype
+        self.metric = torch.cat(
+            [torch.full((s,), v, dtype=self.dtype) for s, v in zip(self.sizes, m, strict=True)]
+        )
         with torch.no_grad():
             f0 = torch.cat([model.primal(b) for b in self._batches()])
         self.residual = (targets - f0).detach()
@@ -90,7 +93,7 @@ class QuadraticProblem:
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         """``J^T u`` (flat ``(P,)``) for ``u`` of shape ``(N, C)``."""
-        out = torch.zeros(self.dim)
+        out = torch.zeros(self.dim, dtype=self.dtype)
         for i, b in enumerate(self._batches()):
             ub = u[i * self.batch_size : i * self.batch_size + b.shape[0]]
             out += self.flatten(self.model.vjp(b, ub.to(b.dtype)))
@@ -98,7 +101,7 @@ class QuadraticProblem:
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """``H v = J^T J v / N + lam M v`` (one jvp and one vjp per batch)."""
-        out = torch.zeros(self.dim)
+        out = torch.zeros(self.dim, dtype=self.dtype)
         vs = self.unflatten(v)
         for b in self._batches():
             with torch.no_grad():

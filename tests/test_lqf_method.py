@@ -1,0 +1,79 @@
+"""``--method lqf`` end to end on the tiny network: fit, reload, evaluate, ablation switches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lqf.config import FitConfig
+from lqf.errors import LqfError
+from lqf.methods.lqf import LQFOptions, select_linearized
+from lqf.models import build_model
+
+from lqf.runs.fit import fit, load_run
+
+from .test_cli import assert_one_line_error, run_cli
+
+
+def _config(spec: str, **kw) -> FitConfig:
+    base = dict(model=spec, data="digits", method="lqf", image_size=16, shots=6, val_per_class=4, max_test=60)
+    return FitConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("solver", ["kernel", "cg"])
+def test_lqf_fit_saves_a_model_that_reloads_to_the_same_outputs(tiny_model_spec, tmp_path, solver) -> None:
+    out = tmp_path / solver
+    options = LQFOptions(solver=solver, linearize="all", leaky_slope=0.1, lqf_ridge=0.1, max_iter=100)
+    result = fit(_config(tiny_model_spec), options, out=str(out), quiet=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["solver"] == solver and metrics["activations_swapped"] == 2
+    assert 0 <= metrics["test_accuracy"] <= 1
+    _, _, model, info = load_run(str(out))
+    assert info["method_model"]["linearize"] == "all"
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), result.model(x), atol=1e-5)
+
+
+def test_kernel_and_cg_choose_the_same_model(tiny_model_spec) -> None:
+    """Same problem, same ridge: the exact kernel solution and CG (float32, tol 1e-5) agree to 1e-3."""
+    runs = {}
+    for solver in ("kernel", "cg"):
+        options = LQFOptions(solver=solver, linearize="last-1", lqf_ridge=1e-2, tol=1e-5, max_iter=2000)
+        runs[solver] = fit(_config(tiny_model_spec), options, quiet=True).model
+    x = torch.rand(8, 3, 16, 16)
+    with torch.no_grad():
+        a, b = runs["kernel"](x), runs["cg"](x)
+    assert (a - b).abs().max() < 1e-3 * a.abs().max()
+
+
+def test_sgd_route_with_ablation_switches_runs(tiny_model_spec, tmp_path) -> None:
+    for loss, pre in (("mse", "kfac"), ("ce", "none")):
+        options = LQFOptions(solver="sgd", lqf_loss=loss, preconditioner=pre, linearize="last-1")
+        result = fit(_config(tiny_model_spec, epochs=2), options, out=str(tmp_path / loss), quiet=True)
+        assert result.metrics["epochs_run"] == 2
+        assert result.metrics["preconditioner"] == pre
+
+
+def test_linearized_subsets() -> None:
+    model = build_model("efficientnet_lite0", 3, pretrained=False)
+    last = select_linearized(model, "last-2")
+    assert last[0].startswith("features.conv_head") and last[-1] == "head.bias"
+    assert select_linearized(model, "head") == ["head.weight", "head.bias"]
+    assert select_linearized(model, "features.blocks.6.*") == [
+        n for n, _ in model.named_parameters() if n.startswith("features.blocks.6.")
+    ]
+    with pytest.raises(LqfError, match="matches no parameter"):
+        select_linearized(model, "nothing.*")
+
+
+def test_bad_lqf_options_give_one_line(tiny_model_spec, tmp_path, capsys) -> None:
+    base = ["fit", "--model", tiny_model_spec, "--data", "digits", "--method", "lqf", "--quiet"]
+    code, _, err = run_cli([*base, "--leaky-slope", "1.5"], capsys)
+    assert_one_line_error(code, err, "--leaky-slope")
+    code, _, err = run_cli([*base, "--lqf-loss", "ce", "--solver", "cg"], capsys)
+    assert_one_line_error(code, err, "--solver sgd")
+    code, _, err = run_cli([*base, "--linearize", "nope.*", "--out", tmp_path / "x"], capsys)
+    assert_one_line_error(code, err, "matches no parameter")
