@@ -11,7 +11,6 @@ from lqf.config import FitConfig
 from lqf.errors import LqfError
 from lqf.methods.lqf import LQFOptions, select_linearized
 from lqf.models import build_model
-
 from lqf.runs.fit import fit, load_run
 
 from .test_cli import assert_one_line_error, run_cli
