@@ -110,7 +110,7 @@ def loo_errors(X: Any, y: Any, theta0: Any, lams: Any) -> np.ndarray:
     """Exact leave-one-out mean squared error of :func:`ridge_towards` for each penalty in ``lams``.
 
     The penalty is held at ``n * lam`` (its value on all ``n`` samples) when a sample is
-    left out. With ``X = U diag(s) V^T`` the hat matrix of the residual fit is
+    left out. With ``X X^T = U diag(s^2) U^T`` the hat matrix of the residual fit is
     ``H = U diag(s^2 / (s^2 + n lam)) U^T`` and the leave-one-out residual of sample ``i``
     is ``(r_i - (H r)_i) / (1 - H_ii)`` with ``r = y - X theta0``. Returns (len(lams),).
     """
@@ -121,9 +121,10 @@ def loo_errors(X: Any, y: Any, theta0: Any, lams: Any) -> np.ndarray:
     grid = as_f64(lams, "lams", 1)
     if np.any(grid <= 0):
         raise LqfError("ridge penalties must be positive")
-    U, s, _ = np.linalg.svd(Xa, full_matrices=False)
+    s2, U = np.linalg.eigh(Xa @ Xa.T)  # X X^T = U diag(s^2) U^T (cheaper than an SVD of X)
+    s2 = np.clip(s2, 0.0, None)
     r = ya - Xa @ ta
-    shrink = s**2 / (s**2 + n * grid[:, None])  # (grid, rank)
+    shrink = s2 / (s2 + n * grid[:, None])  # (grid, n)
     fits = (shrink * (U.T @ r)) @ U.T  # (grid, n)
     hdiag = shrink @ (U**2).T  # (grid, n)
     loo = (r - fits) / np.maximum(1.0 - hdiag, 1e-15)

@@ -7,11 +7,12 @@ a list of flat dicts, written next to the PNG as ``NAME.csv``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,19 @@ def rows_to_csv(rows: Rows) -> str:
     return buf.getvalue()
 
 
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """One BLAS thread while simulating: the matrices are small, and threaded BLAS on a busy
+    machine is many times slower (threadpoolctl, when installed; else ``OMP_NUM_THREADS=1``)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
 def make_figure(name: str, out: str) -> dict[str, Any]:
     """Build figure ``name`` and write ``out/NAME.png`` and ``out/NAME.csv``.
 
@@ -84,7 +98,8 @@ def make_figure(name: str, out: str) -> dict[str, Any]:
 
     plt = _pyplot()
     start = time.perf_counter()
-    fig, rows = spec.build(plt)
+    with _single_threaded():
+        fig, rows = spec.build(plt)
     png = os.path.join(out, f"{name}.png")
     csv_path = os.path.join(out, f"{name}.csv")
     atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))

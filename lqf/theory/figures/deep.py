@@ -28,7 +28,7 @@ def _mc(predict: Any, theta_T: np.ndarray, n: int, noise: float, draws: int, see
 
 @register("deep-depth", "deep linear nets: risk vs depth for theta_T = alpha theta_S + eps xi, n = d/10")
 def deep_depth(plt: Any) -> tuple[Any, Rows]:
-    d, n, draws = 100, 10, 200
+    d, n, draws = 100, 10, 500
     rng = np.random.default_rng(0)
     theta_S = unit(rng.standard_normal(d))
     depths = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]

@@ -22,7 +22,7 @@ from lqf.theory.figures._common import band, unit
     "linear-isotropic", "isotropic Sigma: E risk vs n, fine-tuning / scratch / ridge, MC vs closed form"
 )
 def linear_isotropic(plt: Any) -> tuple[Any, Rows]:
-    d, noise, draws = 50, 0.2, 300
+    d, noise, draws = 50, 0.2, 1000
     rng = np.random.default_rng(0)
     theta_T = unit(rng.standard_normal(d))
     ns = [2, 5, 10, 15, 20, 25, 30, 35, 40, 45, 47, 55, 60, 75, 100]
@@ -152,7 +152,7 @@ def _kappa(n: int, cov: Covariance) -> float:
 
 @register("linear-measure", "60 random task pairs: MC risk against ||theta_T - theta_S||^2 and against S_n")
 def linear_measure(plt: Any) -> tuple[Any, Rows]:
-    d, n, noise, draws, pairs = 100, 20, 0.1, 60, 60
+    d, n, noise, draws, pairs = 100, 20, 0.1, 200, 60
     cov = Covariance.power_law(d, 1.5, seed=0)
     rng = np.random.default_rng(2)
     rows: Rows = []

@@ -14,7 +14,7 @@ from lqf.theory.ntk import TwoLayer, kernel_fit, train
 
 @register("ntk-sample-complexity", "two-layer ReLU net: target risk vs n, fine-tuning vs scratch, by angle")
 def ntk_sample_complexity(plt: Any) -> tuple[Any, Rows]:
-    d, m, n_source, draws = 10, 1000, 200, 4
+    d, m, n_source, draws = 10, 1000, 200, 10
     rng = np.random.default_rng(0)
     theta_S = unit(rng.standard_normal(d))
     Xtest = rng.standard_normal((2000, d))
