@@ -135,8 +135,8 @@ def linear_similarity(plt: Any) -> tuple[Any, Rows]:
     axes[0].set_title("||theta_T-theta_S||=1 in all cases; eigenvalues ~ i^-1.5", fontsize=9)
     axes[0].legend(fontsize=7)
     axes[1].semilogy(np.arange(1, d + 1), cov.eigs, "k-")
-    for n in (10, 50):
-        axes[1].axhline(_kappa(n, cov), linestyle=":", label=f"kappa_n, n={n}")
+    for n, color in ((10, "tab:red"), (50, "tab:blue")):
+        axes[1].axhline(_kappa(n, cov), linestyle=":", color=color, label=f"kappa_n, n={n}")
     axes[1].set_xlabel("eigen-direction i")
     axes[1].set_ylabel("lambda_i")
     axes[1].set_title("directions with lambda_i << kappa_n are unseen", fontsize=9)
