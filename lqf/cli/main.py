@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list models, data sets and methods")
     ls.set_defaults(func=commands.cmd_list)
+
+    from lqf.cli.theory import add_theory_parser
+
+    add_theory_parser(sub)
     return parser
 
 
