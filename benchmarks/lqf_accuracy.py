@@ -165,7 +165,8 @@ def write(results: list[dict], args, seconds: float) -> None:
         t, v = r["test_accuracy"], r["val_accuracy"]
         lines.append(
             f"| {r['data']} | {r['shots']} | {r['method']} | {100 * t['mean']:.2f} ± {100 * t['std']:.2f} "
-            f"| {100 * v['mean']:.2f} | {r['train_seconds']['mean']:.0f} | {r['peak_memory_mb']['mean']:.0f} |"
+            f"| {100 * v['mean']:.2f} | {r['train_seconds']['mean']:.0f} "
+            f"| {r['peak_memory_mb']['mean']:.0f} |"
         )
     with open(os.path.join(RESULTS, "lqf_accuracy.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
