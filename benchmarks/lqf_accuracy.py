@@ -10,9 +10,10 @@ Stages (``--stages``):
 
 * ``main``: ``linear-probe`` and ``lqf`` with its defaults; both choose their
   ridge strength on the validation split (never on test);
-* ``ablations`` (10 shots): Leaky-ReLU (slope 0.1, with and without the ReLU6
-  clip); the mini-batch route (preconditioned SGD, 30 epochs) with K-FAC, without
-  it, and with cross-entropy instead of MSE;
+* ``ablations`` (10 shots): Leaky-ReLU (slopes 0.01 and 0.1; at 0.1 with and without
+  the ReLU6 clip, and repaired by 100 distillation steps); the mini-batch route
+  (preconditioned SGD, 30 epochs) with K-FAC, without it, and with cross-entropy
+  instead of MSE;
 * ``finetune``: fine-tuning at 5 and 25 shots with the recipe the baseline
   benchmark selected on validation at 10 shots (fine-tuning at 10 and 200 shots
   is read from ``benchmarks/results/baseline.json``, same protocol and test sets).
@@ -49,12 +50,15 @@ VARIANTS = {
     "lqf": ["--method", "lqf"],
     "lqf, leaky 0.1": ["--method", "lqf", "--leaky-slope", "0.1"],
     "lqf, leaky 0.1, no clip": ["--method", "lqf", "--leaky-slope", "0.1", "--no-leaky-clip"],
+    "lqf, leaky 0.1, repaired": ["--method", "lqf", "--leaky-slope", "0.1", "--repair-steps", "100"],
+    "lqf, leaky 0.01": ["--method", "lqf", "--leaky-slope", "0.01"],
     "lqf sgd, kfac": [*SGD, "--preconditioner", "kfac"],
     "lqf sgd, no kfac": [*SGD, "--preconditioner", "none"],
     "lqf sgd, kfac, ce": [*SGD, "--preconditioner", "kfac", "--lqf-loss", "ce"],
     "finetune": [*FINETUNE, "--epochs", "30", "--batch-size", "32"],
 }
 EXECUTED: list[str] = []
+LOCK = os.environ.get("LQF_BENCH_LOCK")
 
 
 def run(tag: str, flags: list[str]) -> dict:
@@ -66,6 +70,8 @@ def run(tag: str, flags: list[str]) -> dict:
 
             shutil.rmtree(out)
         cmd = [sys.executable, "-m", "lqf", "fit", "--quiet", "--out", out, *COMMON, *flags]
+        if LOCK:  # one run at a time with other CPU-heavy jobs on the same machine
+            cmd = ["flock", LOCK, *cmd]
         print(" ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, cwd=os.path.dirname(HERE))
         EXECUTED.append(out)

@@ -31,6 +31,7 @@ Steps of :meth:`LQF.fit`:
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 import re
@@ -68,6 +69,9 @@ class LQFOptions:
     )
     leaky_slope: float = option(0.0, "negative slope of the Leaky-ReLU that replaces ReLU/ReLU6 (0: no swap)")
     leaky_clip: bool = option(True, "keep ReLU6's upper clip at 6 when swapping")
+    repair_steps: int = option(
+        0, "after the swap, distil the original network's unit outputs into it for this many steps"
+    )
     head_init: str = option(
         "probe", "linearize around a fitted head (probe) or the random one", choices=("probe", "random")
     )
@@ -103,6 +107,8 @@ class LQFOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.leaky_slope < 1:
             raise LqfError(f"--leaky-slope must be in [0, 1), got {self.leaky_slope}")
+        if self.repair_steps < 0:
+            raise LqfError(f"--repair-steps must be >= 0, got {self.repair_steps}")
         if self.target_scale <= 0:
             raise LqfError(f"--target-scale must be > 0, got {self.target_scale}")
         if self.lqf_ridge is not None and self.lqf_ridge < 0:
@@ -189,8 +195,16 @@ class LQF(Method):
         o: LQFOptions = self.options
         device = ctx.device
         model.to(device).eval()
+        original = copy.deepcopy(model) if o.leaky_slope > 0 and o.repair_steps > 0 else None
         swapped = swap_activations(model, o.leaky_slope, o.leaky_clip) if o.leaky_slope > 0 else 0
         ctx.extra["activations_swapped"] = swapped
+        if original is not None:
+            from lqf.linearization.repair import distill
+
+            images = torch.cat([x for x, _ in data.train.batches(256)]).to(device)
+            losses = distill(model, original, images, steps=o.repair_steps, generator=ctx.generator(7))
+            ctx.extra["repair_loss"] = [losses[0], losses[-1]]
+            del original
         bs = max(ctx.config.batch_size, 256)
         has_val = len(data.val) > 0
         if o.head_init == "probe":
