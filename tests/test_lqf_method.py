@@ -76,3 +76,21 @@ def test_bad_lqf_options_give_one_line(tiny_model_spec, tmp_path, capsys) -> Non
     assert_one_line_error(code, err, "--solver sgd")
     code, _, err = run_cli([*base, "--linearize", "nope.*", "--out", tmp_path / "x"], capsys)
     assert_one_line_error(code, err, "matches no parameter")
+
+
+def test_repair_reduces_the_distillation_loss() -> None:
+    """After a Leaky-ReLU swap, distillation brings the unit outputs back towards the original's."""
+    import copy
+
+    from lqf.linearization import swap_activations
+    from lqf.linearization.repair import distill
+    from lqf.models import wrap_module
+
+    from .conftest import tiny_net
+
+    original = wrap_module(tiny_net(), 4).eval()
+    swapped = copy.deepcopy(original)
+    assert swap_activations(swapped, 0.3) == 2
+    images = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    losses = distill(swapped, original, images, steps=100, lr=1e-2, generator=torch.Generator().manual_seed(1))
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
