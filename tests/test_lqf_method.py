@@ -92,5 +92,13 @@ def test_repair_reduces_the_distillation_loss() -> None:
     swapped = copy.deepcopy(original)
     assert swap_activations(swapped, 0.3) == 2
     images = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    losses = distill(swapped, original, images, steps=100, lr=1e-2, generator=torch.Generator().manual_seed(1))
-    assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
+    losses = distill(
+        swapped,
+        original,
+        images,
+        steps=100,
+        lr=1e-2,
+        params="all",
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])

@@ -4,9 +4,8 @@ Replacing ReLU by Leaky-ReLU changes what a pretrained network computes. The
 repair trains the swapped network to reproduce the original one's
 intermediate features on unlabelled images (``sum_u ||h_u(x) - h_u^orig(x)||^2 /
 ||h_u^orig(x)||^2`` over the outputs ``h_u`` of its units, averaged over a
-batch) with Adam, before the network is linearized. Only BatchNorm scales
-and shifts are trained by default (cheap, and enough to re-centre the
-pre-activations); ``params="all"`` trains every weight.
+batch) with Adam, before the network is linearized. Every backbone weight is
+trained by default; ``params="norm"`` trains only BatchNorm scales and shifts.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ def distill(
     *,
     steps: int = 100,
     batch_size: int = 32,
-    lr: float = 1e-3,
-    params: str = "norm",
+    lr: float = 1e-4,
+    params: str = "all",
     generator: torch.Generator | None = None,
 ) -> list[float]:
     """Train ``swapped`` in place towards ``original`` on ``images`` ``(N, 3, S, S)`` in ``[0, 1]``.
@@ -78,7 +77,7 @@ def distill(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     finally:
         for h in handles:
             h.remove()
