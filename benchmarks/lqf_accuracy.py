@@ -116,12 +116,13 @@ def baseline_finetune() -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", nargs="+", default=["main", "ablations", "fewshot", "finetune"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     args = parser.parse_args(argv)
     started = time.time()
     results = []
     for variant, data, shots in plan(args.stages):
         per_seed = []
-        for seed in SEEDS:
+        for seed in args.seeds:
             tag = f"{data}-{shots}/{variant.replace(', ', '-').replace(' ', '_')}-seed{seed}"
             flags = [*VARIANTS[variant], "--data", data, "--shots", str(shots), "--seed", str(seed)]
             per_seed.append(run(tag, flags))
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             "shots": shots,
             "method": variant,
             "flags": VARIANTS[variant],
-            "seeds": list(SEEDS),
+            "seeds": list(args.seeds),
             "n_test": per_seed[0]["n_test"],
             "test_accuracy": summarise([m["test_accuracy"] for m in per_seed]),
             "val_accuracy": summarise([m["val_accuracy"] for m in per_seed]),
@@ -148,9 +149,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def write(results: list[dict], args, seconds: float) -> None:
     os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, "lqf_accuracy.json")
+    if os.path.isfile(path):  # keep rows of other stages and earlier invocations
+        with open(path) as handle:
+            old = json.load(handle)
+        mine = {(r["data"], r["shots"], r["method"]) for r in results}
+        results = results + [
+            r
+            for r in old["results"]
+            if "source" not in r and (r["data"], r["shots"], r["method"]) not in mine
+        ]
+        commands = [c for c in old.get("commands", [old.get("command")]) if c]
+    else:
+        commands = []
     rows = results + [r for r in baseline_finetune() if r["shots"] in SHOTS]
+    command = "python benchmarks/lqf_accuracy.py --stages " + " ".join(args.stages)
+    if args.seeds != list(SEEDS):
+        command += " --seeds " + " ".join(map(str, args.seeds))
+    commands = [c for c in commands if c != command] + [command]
     payload = {
-        "command": "python benchmarks/lqf_accuracy.py --stages " + " ".join(args.stages),
+        "commands": commands,
         "hardware": hardware(),
         "wall_seconds": seconds,
         "results": rows,
@@ -160,9 +178,12 @@ def write(results: list[dict], args, seconds: float) -> None:
     lines = [
         "# LQF accuracy benchmark",
         "",
-        f"Command: `{payload['command']}`. Hardware: {payload['hardware']['cpu']}, "
+        "Commands: " + ", ".join(f"`{c}`" for c in payload["commands"]) + ". "
+        f"Hardware: {payload['hardware']['cpu']}, "
         f"{payload['hardware']['cores']} cores, torch {payload['hardware']['torch']}. "
-        f"Wall time of this invocation: {seconds / 60:.0f} min.",
+        f"Wall time of the last invocation: {seconds / 60:.0f} min. Train seconds include waiting for "
+        "the CPU: other jobs shared the 2 cores during these runs (see `benchmarks/lqf_cost.md` "
+        "for timings on an idle machine).",
         "",
         "`efficientnet_lite0` (ImageNet weights), 64 px, 20 validation images per class, full test sets; "
         "test accuracy in %, mean ± sample std over seeds 0, 1, 2 (the seed changes the few-shot draw, "
@@ -170,13 +191,14 @@ def write(results: list[dict], args, seconds: float) -> None:
         "200 shots and the ridge linear probe at 10 and 200 shots come from "
         "`benchmarks/results/baseline.json` (fine-tuning's settings chosen on validation there).",
         "",
-        "| data | shots/class | method | test accuracy | val accuracy | train s | peak MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| data | shots/class | method | seeds | test accuracy | val accuracy | train s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["data"], r["shots"], r["method"])):
         t, v = r["test_accuracy"], r["val_accuracy"]
         lines.append(
-            f"| {r['data']} | {r['shots']} | {r['method']} | {100 * t['mean']:.2f} ± {100 * t['std']:.2f} "
+            f"| {r['data']} | {r['shots']} | {r['method']} | {len(t['values'])} "
+            f"| {100 * t['mean']:.2f} ± {100 * t['std']:.2f} "
             f"| {100 * v['mean']:.2f} | {r['train_seconds']['mean']:.0f} "
             f"| {r['peak_memory_mb']['mean']:.0f} |"
         )
