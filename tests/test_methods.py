@@ -88,7 +88,7 @@ def test_options_are_validated() -> None:
         FinetuneOptions(lr=-1.0)
     with pytest.raises(LqfError, match="--ridge"):
         LinearProbeOptions(ridge=-1.0)
-    with pytest.raises(LqfError, match="unknown method 'lqff'; valid: finetune, linear-probe"):
+    with pytest.raises(LqfError, match="unknown method 'lqff'; valid: finetune, linear-probe, lqf"):
         get_method("lqff")
     assert {"finetune", "linear-probe"} <= set(methods())
 

@@ -132,10 +132,14 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+_BUILTIN_ORDER = ("finetune", "linear-probe", "lqf")
+
+
 def methods() -> dict[str, type[Method]]:
-    """All registered methods by name."""
+    """All registered methods by name: the built-in ones first, in a fixed order."""
     _load_builtin()
-    return dict(_REGISTRY)
+    names = [n for n in _BUILTIN_ORDER if n in _REGISTRY] + [n for n in _REGISTRY if n not in _BUILTIN_ORDER]
+    return {n: _REGISTRY[n] for n in names}
 
 
 def get_method(name: str) -> type[Method]:
