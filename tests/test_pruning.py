@@ -288,3 +288,17 @@ def test_from_run_refuses_a_different_split(tiny_model_spec, tmp_path, capsys) -
     assert code == 2 and "--seed 3 differs from the --from run" in err
     with pytest.raises(LqfError, match="exclude"):
         find_prunable(tiny_net(), exclude=["nope"])
+
+
+def test_trial_evaluation_leaves_the_model_untouched(tmp_path: Path) -> None:
+    from lqf.pruning.finepruning import MaskedAccuracy, bn_batches
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    model = make_model().eval()
+    layers = find_prunable(model, grouping="layer")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    measure = MaskedAccuracy(model, layers, data.val, 64, "cpu", bn_batches(data, 8, 2, seed=0))
+    accuracy = measure({x.group: 0.9 for x in layers})
+    assert 0 <= accuracy <= 1 and measure.calls == 1
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and not model.training

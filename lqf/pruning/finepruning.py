@@ -87,11 +87,28 @@ def validation_subset(data, size: int | None):
 
 
 class MaskedAccuracy:
-    """``theta -> accuracy`` of the current weights with ``theta``'s masks (weights restored after)."""
+    """``theta -> accuracy`` of the current weights with ``theta``'s masks (weights restored after).
 
-    def __init__(self, model: nn.Module, layers: list[PrunableLayer], images, batch_size: int, device: str):
+    Pruning shifts the statistics of every activation, so the BatchNorm running
+    statistics of the unpruned weights misjudge a pruned network that
+    fine-tuning (which re-estimates them) would largely repair. With
+    ``bn_batches > 0`` each trial first re-estimates them (cumulative average)
+    on that many fixed training batches, evaluates, and restores them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[PrunableLayer],
+        images,
+        batch_size: int,
+        device: str,
+        bn_images: list[torch.Tensor] = (),
+    ):
         self.model, self.layers, self.images = model, layers, images
         self.batch_size, self.device = batch_size, device
+        self.bn_images = list(bn_images)
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.calls = 0
 
     @torch.no_grad()
@@ -99,10 +116,13 @@ class MaskedAccuracy:
         from lqf.training import evaluate
 
         saved = [layer.module.weight.detach().clone() for layer in self.layers]
+        saved_bn = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in self.norms]
         masks = layer_masks(self.layers, theta)
         try:
             for layer in self.layers:
                 layer.module.weight.mul_(masks[layer.name])
+            if self.bn_images and self.norms:
+                self.recalibrate()
             self.calls += 1
             return evaluate(self.model, self.images, batch_size=self.batch_size, device=self.device)[
                 "accuracy"
@@ -110,6 +130,33 @@ class MaskedAccuracy:
         finally:
             for layer, w in zip(self.layers, saved, strict=True):
                 layer.module.weight.copy_(w)
+            for m, (state, momentum) in zip(self.norms, saved_bn, strict=True):
+                m.load_state_dict(state)
+                m.momentum = momentum
+
+    def recalibrate(self) -> None:
+        """Running statistics = the average over ``bn_images`` batches (train-mode forward passes)."""
+        for m in self.norms:
+            m.reset_running_stats()
+            m.momentum = None
+        was_training = self.model.training
+        self.model.train()
+        for x in self.bn_images:
+            self.model(x.to(self.device))
+        self.model.train(was_training)
+
+
+def bn_batches(data, batch_size: int, count: int, seed: int) -> list[torch.Tensor]:
+    """``count`` fixed training batches (seeded) for BatchNorm re-estimation."""
+    if count <= 0:
+        return []
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for x, _ in data.train.batches(batch_size, shuffle=True, generator=gen):
+        out.append(x)
+        if len(out) == count:
+            break
+    return out
 
 
 def prune(
@@ -194,7 +241,8 @@ def prune(
         masks.load_state_dict(state["masks"])
         first = int(state["step"]) + 1
     steps = plan(options)
-    measure = MaskedAccuracy(model, layers, subset, eval_batch, device)
+    recal = bn_batches(data, config.batch_size, options.bn_batches, config.seed + 7919)
+    measure = MaskedAccuracy(model, layers, subset, eval_batch, device, recal)
     for index, (kind, arg) in enumerate(steps):
         if index < first:
             continue

@@ -42,6 +42,9 @@ class PruneOptions:
     groups: str = option("stage", "layers sharing one pruning fraction: stage or layer", choices=GROUPINGS)
     prune_head: bool = option(False, "prune the classification head too")
     exclude: str = option("", "comma-separated layer names (or prefixes) never pruned")
+    bn_batches: int = option(
+        4, "training batches to re-estimate BatchNorm statistics with in each trial (0: keep them)"
+    )
     val_subset: int | None = option(None, "validation images used by each trial (default: all)")
     tune_lr: float = option(3e-4, "AdamW learning rate of the fine-tuning phases (cosine per phase)")
     tune_weight_decay: float = option(0.01, "AdamW weight decay of the fine-tuning phases")
@@ -65,6 +68,7 @@ class PruneOptions:
             (self.rounds < 1, f"--rounds must be >= 1, got {self.rounds}"),
             (self.trials < 1, f"--trials must be >= 1, got {self.trials}"),
             (self.startup_trials < 1, f"--startup-trials must be >= 1, got {self.startup_trials}"),
+            (self.bn_batches < 0, f"--bn-batches must be >= 0, got {self.bn_batches}"),
             (self.warm_start < 0, f"--warm-start must be >= 0, got {self.warm_start}"),
             (self.round_epochs < 0, f"--round-epochs must be >= 0, got {self.round_epochs}"),
             (self.final_epochs < 0, f"--final-epochs must be >= 0, got {self.final_epochs}"),

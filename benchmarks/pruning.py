@@ -1,0 +1,208 @@
+"""Fine-Pruning benchmark: per-group rates by Bayesian optimisation vs three baselines.
+
+For each data set (fashion-mnist, animal-mnist; 200 images per class, 50
+validation images per class, 64 px) ``efficientnet_lite0`` is fine-tuned once
+with the recipe chosen on validation in ``benchmarks/baseline.py``, and that
+run is pruned by
+
+* ``bo``: Fine-Pruning (``lqf prune --strategy bo --target-drop 1``);
+* ``random``: the same loop with random search instead of the GP;
+* ``uniform``: one fraction for every layer, pruned once, then fine-tuned;
+* ``global``: one magnitude threshold across layers, pruned once, then fine-tuned;
+
+with the same number of fine-tuning epochs (``rounds * round_epochs +
+final_epochs``). The one-shot baselines are run at the compression Fine-Pruning
+reached and at lower levels (0.7x and 0.5x of it), so each method's largest
+compression within one point of validation accuracy can be read off, and the
+accuracies compared at matched compression.
+
+Every step is a separate ``python -m lqf`` process, cached in
+``benchmarks/runs/pruning/`` (an interrupted prune run is resumed); with
+``--lock FILE`` each step waits for ``flock FILE``, so a shared machine is
+taken one step at a time.
+
+Usage::
+
+    python benchmarks/pruning.py --lock /tmp/lqf-cpu.lock       # about 40 min of CPU on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+RUNS = os.path.join(HERE, "runs", "pruning")
+sys.path.insert(0, HERE)
+
+from baseline import hardware  # noqa: E402
+
+#: fine-tuning learning rate chosen on validation at 200 shots/class (benchmarks/results/baseline.md)
+FINETUNE_LR = {"fashion-mnist": "3e-3", "animal-mnist": "1e-3"}
+FINETUNE = ["--model", "efficientnet_lite0", "--shots", "200", "--val-per-class", "50", "--image-size", "64"]
+FINETUNE += ["--batch-size", "64", "--epochs", "15", "--seed", "0", "--bn", "train", "--head-lr-scale", "1"]
+SEARCH = [
+    "--target-drop",
+    "1",
+    "--rounds",
+    "4",
+    "--trials",
+    "20",
+    "--round-epochs",
+    "1",
+    "--final-epochs",
+    "2",
+]
+LEVELS = (1.0, 0.7, 0.5)
+EXECUTED: list[str] = []
+HEADER = """`efficientnet_lite0` (ImageNet weights), 64 px, 200 training images per class, 50 validation
+images per class, seed 0, fine-tuned once per data set (15 epochs, the learning rate chosen in
+baseline.md), then pruned. Every method gets the same fine-tuning budget after pruning (6 epochs,
+AdamW 3e-4). bo/random: `{search}` (each trial evaluates on the whole validation split, 500
+images). Compression = parameters of the 49 prunable layers (all Conv2d, depthwise included; the
+head is not pruned) divided by those kept. Drops are in accuracy points against the unpruned
+fine-tuned model."""
+
+
+def lqf(args: list[str], lock: str | None) -> None:
+    cmd = [sys.executable, "-m", "lqf", *args]
+    if lock:
+        cmd = ["flock", lock, *cmd]
+    print("$", " ".join(["python", "-m", "lqf", *args]), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def finetune(data: str, lock: str | None) -> str:
+    out = os.path.join(RUNS, data, "finetune")
+    if not os.path.isfile(os.path.join(out, "metrics.json")):
+        resume = os.path.isfile(os.path.join(out, "checkpoint.pt"))
+        args = ["fit", "--resume", out] if resume else ["fit", "--out", out, "--data", data, *FINETUNE]
+        lqf([*args, "--quiet"] if not resume else [*args, "--quiet"], lock)
+        EXECUTED.append(out)
+    return out
+
+
+def prune(data: str, tag: str, source: str, flags: list[str], lock: str | None) -> dict:
+    out = os.path.join(RUNS, data, tag)
+    metrics = os.path.join(out, "metrics.json")
+    if not os.path.isfile(metrics):
+        if os.path.isfile(os.path.join(out, "config.json")):
+            lqf(["prune", "--resume", out, "--quiet"], lock)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            lqf(["prune", "--from", source, "--out", out, "--quiet", *flags], lock)
+        EXECUTED.append(out)
+    with open(metrics) as handle:
+        result = json.load(handle)
+    result["run_dir"] = os.path.relpath(out, ROOT)
+    result["flags"] = flags
+    return result
+
+
+def best_within(rows: list[dict], drop: float = 1.0) -> dict | None:
+    """The most compressed run whose validation accuracy drop is at most ``drop`` points."""
+    ok = [r for r in rows if r["val_drop_points"] <= drop + 1e-9]
+    return max(ok, key=lambda r: r["compression"]) if ok else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="+", default=["fashion-mnist", "animal-mnist"])
+    parser.add_argument("--lock", help="flock this file around every step (shared machines)")
+    parser.add_argument("--remark", help="a note for the report")
+    args = parser.parse_args(argv)
+    started = time.time()
+    results = []
+    for data in args.data:
+        source = finetune(data, args.lock)
+        runs = {}
+        for strategy in ("bo", "random"):
+            runs[strategy] = prune(data, strategy, source, ["--strategy", strategy, *SEARCH], args.lock)
+        matched = runs["bo"]["compression"]
+        for strategy in ("uniform", "global"):
+            for level in LEVELS:
+                rate = f"{level * matched:.3f}"
+                flags = ["--strategy", strategy, "--target-compression", rate, *SEARCH[2:4], *SEARCH[6:]]
+                runs[f"{strategy}@{level:g}"] = prune(data, f"{strategy}-{rate}x", source, flags, args.lock)
+        with open(os.path.join(source, "metrics.json")) as handle:
+            ft = json.load(handle)
+        results.append({"data": data, "finetune": ft, "runs": runs})
+    write(results, args, time.time() - started)
+    return 0
+
+
+def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, "pruning.json")
+    if not EXECUTED and os.path.isfile(path):
+        with open(path) as handle:
+            kept = json.load(handle)
+        seconds = kept.get("wall_seconds", seconds)
+        args.remark = args.remark or kept.get("remark")
+    command = "python benchmarks/pruning.py" + (" --lock /tmp/lqf-cpu.lock" if args.lock else "")
+    payload = {
+        "command": command,
+        "hardware": hardware(),
+        "wall_seconds": seconds,
+        "remark": args.remark,
+        "results": results,
+    }
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    lines = [
+        "# Fine-Pruning benchmark",
+        "",
+        HEADER.format(search=" ".join(SEARCH)),
+        f"Hardware: {payload['hardware']['cpu']}, {payload['hardware']['cores']} cores, "
+        f"torch {payload['hardware']['torch']} on the CPU; wall time {seconds / 60:.0f} min.",
+        f"Command: `{command}`.",
+        "",
+    ]
+    for entry in results:
+        ft = entry["finetune"]
+        lines += [
+            f"## {entry['data']}",
+            "",
+            f"Unpruned fine-tuned model: test {100 * ft['test_accuracy']:.2f}%, "
+            f"val {100 * ft['val_accuracy']:.2f}% (n_test {ft['n_test']}).",
+            "",
+            "| method | compression | params kept | val drop | test acc | test drop | packed MiB (dense) |"
+            " prune s | GP overhead |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in entry["runs"].items():
+            overhead = f"{100 * r['search_overhead_share']:.0f}%" if r.get("search_overhead_share") else ""
+            lines.append(
+                f"| {name} | {r['compression']:.2f}x | {r['params_kept']:,} / {r['params_prunable']:,} "
+                f"| {r['val_drop_points']:+.2f} | {100 * r['test_accuracy']:.2f} "
+                f"| {r['test_drop_points']:+.2f} "
+                f"| {r['packed_file_bytes'] / 2**20:.2f} ({r['dense_file_bytes'] / 2**20:.2f}) "
+                f"| {r['seconds']:.0f} | {overhead} |"
+            )
+        lines += ["", "Largest compression with validation drop <= 1 point (chosen on validation):", ""]
+        for family in ("bo", "random", "uniform", "global"):
+            rows = [r for n, r in entry["runs"].items() if n.split("@")[0] == family]
+            best = best_within(rows)
+            text = (
+                f"{best['compression']:.2f}x (test drop {best['test_drop_points']:+.2f})"
+                if best
+                else "none of the levels run"
+            )
+            lines.append(f"- {family}: {text}")
+        lines.append("")
+    if args.remark:
+        lines += [f"Remark: {args.remark}", ""]
+    with open(os.path.join(RESULTS, "pruning.md"), "w") as handle:
+        handle.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
