@@ -302,3 +302,25 @@ def test_trial_evaluation_leaves_the_model_untouched(tmp_path: Path) -> None:
     assert 0 <= accuracy <= 1 and measure.calls == 1
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before) and not model.training
+
+
+def test_prune_cli_end_to_end(tiny_model_spec, tmp_path, capsys) -> None:
+    folder = write_image_folder(tmp_path / "images", classes=3, per_class=6, size=12)
+    out = tmp_path / "pruned"
+    common = ["--data", f"imagefolder:{folder}", "--image-size", "12", "--val-per-class", "1", "--quiet"]
+    args = ["prune", "--model", tiny_model_spec, *common, "--epochs", "1", "--rounds", "1", "--trials", "2"]
+    code = main([*args, "--startup-trials", "1", "--final-epochs", "0", "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "compression" in stdout and "packed" in stdout
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["prune_options"]["trials"] == 2 and saved["source"] is None
+    assert (out / "finetune" / "metrics.json").is_file()  # fine-tuned first, without --from
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert main(["evaluate", str(out), "--quiet"]) == 0  # the pruned model is an ordinary run
+    evaluation = json.loads(next(out.glob("evaluation-*.json")).read_text())
+    assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    capsys.readouterr()
+    code = main(["prune", "--resume", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "already finished" in err
