@@ -40,11 +40,10 @@ def add_prune_parser(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--out", help="run directory to write (default: runs/prune-<strategy>-<data>-<time>)")
     pr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted prune run")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
-    run_names = add_dataclass_flags(pr.add_argument_group("run settings (without --from)"), FitConfig)
+    run_group = pr.add_argument_group("run settings (without --from)")
+    run_names = add_dataclass_flags(run_group, FitConfig, skip=("method",))
     prune_names = add_dataclass_flags(pr.add_argument_group("pruning options"), PruneOptions)
-    pr.set_defaults(
-        func=cmd_prune, run_names=[n for n in run_names if n != "method"], prune_names=prune_names
-    )
+    pr.set_defaults(func=cmd_prune, run_names=run_names, prune_names=prune_names)
 
 
 def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, str | None, str]:
