@@ -263,6 +263,7 @@ def test_one_shot_baselines_reach_the_target_compression(tmp_path: Path, strateg
         (["--target-drop", "-1"], ["--target-drop must be >= 0", "-1"]),
         (["--target-drop", "1", "--gamma", "0.5"], ["either --target-drop or --gamma"]),
         (["--strategy", "uniform"], ["needs --target-compression"]),
+        (["--round-drop", "-0.5"], ["--round-drop must be >= 0", "-0.5"]),
         (["--exclude", "features.9"], ["'features.9'", "not a prunable layer", "features.0"]),
     ],
 )

@@ -15,6 +15,12 @@ network is fine-tuned::
         tune:   fine-tune --round-epochs with the masks held (lqf.pruning.masks)
     final:  fine-tune --final-epochs
 
+Each round's configuration must keep the accuracy drop, measured before that
+round's fine-tuning, within ``--target-drop``; ``--round-drop`` allows a larger
+drop in the rounds before the last, since their fine-tuning recovers part of
+it (gradual pruning). The final model's drop is measured and reported, not
+guaranteed.
+
 A pruned weight has magnitude 0, so a later round with a smaller fraction for
 its group can give it back (it restarts from 0); theta therefore adapts in
 both directions. The baselines share the budget of fine-tuning epochs
@@ -291,6 +297,8 @@ def _search(
 ):
     from lqf.training.progress import progress
 
+    if objective.constrained and options.round_drop is not None and round_index < options.rounds:
+        objective = dataclasses.replace(objective, target_drop=options.round_drop)
     done = [t for t in history["trials"] if t["round"] == round_index]
     previous = [t for t in history["trials"] if t["round"] == round_index - 1]
     warm: list[dict[str, float]] = []

@@ -26,6 +26,11 @@ class PruneOptions:
     target_drop: float | None = option(
         None, "objective: max compression with validation accuracy drop <= this many points (default 1)"
     )
+    round_drop: float | None = option(
+        None,
+        "accuracy drop (points) allowed in the search rounds before the last, measured before their "
+        "fine-tuning, which recovers part of it (default: --target-drop)",
+    )
     gamma: float | None = option(
         None, "objective instead: max (1 - gamma) * accuracy + gamma * removed fraction, gamma in [0, 1]"
     )
@@ -60,6 +65,14 @@ class PruneOptions:
                 self.target_drop is not None
                 and (self.target_drop < 0 or not math.isfinite(self.target_drop)),
                 f"--target-drop must be >= 0 accuracy points, got {self.target_drop}",
+            ),
+            (
+                self.round_drop is not None and (self.round_drop < 0 or not math.isfinite(self.round_drop)),
+                f"--round-drop must be >= 0 accuracy points, got {self.round_drop}",
+            ),
+            (
+                self.round_drop is not None and self.gamma is not None,
+                "--round-drop belongs to the --target-drop objective, not to --gamma",
             ),
             (
                 self.gamma is not None and not 0 <= self.gamma <= 1,
