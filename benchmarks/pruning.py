@@ -55,6 +55,13 @@ SEARCH = ["--target-drop", "1", "--trials", "14", "--startup-trials", "5", *BUDG
 #: test images (a fixed stratified subset for fashion-mnist; animal-mnist has 2,000)
 MAX_TEST = ["--max-test", "2000"]
 LEVELS = (1.0, 0.7)
+#: settings: (flags of every prune run, extra flags of the searched ones)
+SETTINGS = {
+    # the defaults: AdamW 3e-4 fine-tuning, every round within --target-drop
+    "plain": ([], []),
+    # gentler fine-tuning, and up to 3 points lost in rounds 1-2 (before their fine-tuning)
+    "gradual": (["--tune-lr", "1e-4"], ["--round-drop", "3"]),
+}
 EXECUTED: list[str] = []
 HEADER = """`efficientnet_lite0` (ImageNet weights), 64 px, 200 training images per class, 50
 validation images per class, seed 0, fine-tuned once per data set (the learning rate chosen in
@@ -85,8 +92,8 @@ def finetune(data: str, lock: str | None) -> str:
     return out
 
 
-def prune(data: str, tag: str, source: str, flags: list[str], lock: str | None) -> dict:
-    out = os.path.join(RUNS, data, tag)
+def prune(data: str, tag: str, source: str, flags: list[str], lock: str | None, setting: str) -> dict:
+    out = os.path.join(RUNS, data, tag) if setting == "plain" else os.path.join(RUNS, data, setting, tag)
     metrics = os.path.join(out, "metrics.json")
     if not os.path.isfile(metrics):
         if os.path.isfile(os.path.join(out, "config.json")):
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         default=list(LEVELS),
         help="baseline compression levels, relative to bo's",
     )
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--no-random", action="store_true", help="skip the random-search baseline")
     parser.add_argument("--lock", help="flock this file around every step (shared machines)")
     parser.add_argument("--remark", help="a note for the report")
@@ -126,18 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for data in args.data:
         source = finetune(data, args.lock)
-        runs = {"bo": prune(data, "bo", source, ["--strategy", "bo", *SEARCH], args.lock)}
-        matched = runs["bo"]["compression"]
-        for strategy in ("uniform", "global"):
-            for level in args.levels:
-                rate = f"{level * matched:.3f}"
-                flags = ["--strategy", strategy, "--target-compression", rate, *BUDGET]
-                runs[f"{strategy}@{level:g}"] = prune(data, f"{strategy}-{rate}x", source, flags, args.lock)
-        if not args.no_random:
-            runs["random"] = prune(data, "random", source, ["--strategy", "random", *SEARCH], args.lock)
         with open(os.path.join(source, "metrics.json")) as handle:
             ft = json.load(handle)
-        results.append({"data": data, "finetune": ft, "runs": runs})
+        for setting in args.settings:
+            common, searched = SETTINGS[setting]
+            search = ["--strategy", "bo", *SEARCH, *searched, *common]
+            runs = {"bo": prune(data, "bo", source, search, args.lock, setting)}
+            matched = runs["bo"]["compression"]
+            for strategy in ("uniform", "global"):
+                for level in args.levels:
+                    rate = f"{level * matched:.3f}"
+                    flags = ["--strategy", strategy, "--target-compression", rate, *BUDGET, *common]
+                    tag = f"{strategy}-{rate}x"
+                    runs[f"{strategy}@{level:g}"] = prune(data, tag, source, flags, args.lock, setting)
+            if not args.no_random:
+                search = ["--strategy", "random", *SEARCH, *searched, *common]
+                runs["random"] = prune(data, "random", source, search, args.lock, setting)
+            results.append({"data": data, "setting": setting, "finetune": ft, "runs": runs})
     write(results, args, time.time() - started)
     return 0
 
@@ -172,7 +185,10 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
     for entry in results:
         ft = entry["finetune"]
         lines += [
-            f"## {entry['data']}",
+            f"## {entry['data']}, setting {entry['setting']}",
+            "",
+            f"Flags of every prune run: `{' '.join(SETTINGS[entry['setting']][0]) or 'defaults'}`; "
+            f"of bo and random also `{' '.join(SETTINGS[entry['setting']][1]) or '-'}`.",
             "",
             f"Unpruned fine-tuned model: test {100 * ft['test_accuracy']:.2f}%, "
             f"val {100 * ft['val_accuracy']:.2f}% (n_test {ft['n_test']}).",
@@ -248,7 +264,7 @@ def plot(results: list[dict], path: str) -> None:
             )
         ax.set_xlabel("compression (prunable parameters / kept)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(entry["data"], fontsize=10)
+        ax.set_title(f"{entry['data']} ({entry['setting']})", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
