@@ -124,26 +124,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
         + f" | from: {source or 'fine-tuning first'} | run: {out}"
         + (" (resumed)" if args.resume else "")
     )
-    model, data = _load_start(config, ft_options, source, out, args.quiet, say)
+
+    def write_config() -> None:
+        if not args.resume:
+            write_json(
+                os.path.join(out, "config.json"),
+                {
+                    "lqf_version": __version__,
+                    "run": dataclasses.asdict(config),
+                    "method_options": dataclasses.asdict(ft_options),
+                    "prune_options": dataclasses.asdict(options),
+                    "source": source,
+                },
+            )
+
+    model, data = _load_start(config, ft_options, source, out, args.quiet, say, write_config)
     run = RunDirectory(out)
-    if not args.resume:
-        write_json(
-            run.file("config.json"),
-            {
-                "lqf_version": __version__,
-                "run": dataclasses.asdict(config),
-                "method_options": dataclasses.asdict(ft_options),
-                "prune_options": dataclasses.asdict(options),
-                "source": source,
-            },
-        )
     result = prune(model, data, config, options, run=run, resume=bool(args.resume), quiet=args.quiet, say=say)
     print_summary(result.metrics, out, say)
     return 0
 
 
-def _load_start(config, ft_options, source, out, quiet, say):
-    """The fine-tuned model to prune and its data split."""
+def _load_start(config, ft_options, source, out, quiet, say, write_config):
+    """The fine-tuned model to prune and its data split; ``write_config`` is called once both
+    are known to load (before fine-tuning when there is no ``source``, so that is resumable)."""
     from lqf.data import load_data
     from lqf.runs.fit import fit, load_run, seed_everything
 
@@ -151,14 +155,6 @@ def _load_start(config, ft_options, source, out, quiet, say):
         import torch
 
         torch.set_num_threads(config.threads)
-    if source is None:
-        source = os.path.join(out, "finetune")
-        if not os.path.isfile(os.path.join(source, "metrics.json")):
-            say(f"fine-tuning first ({config.epochs} epochs) into {source}")
-            resume = os.path.isfile(os.path.join(source, "checkpoint.pt"))
-            fit(config, ft_options, out=source, quiet=quiet, resume=resume)
-    _, _, model, _ = load_run(source)
-    seed_everything(config.seed)
     data = load_data(
         config.data,
         image_size=config.image_size,
@@ -167,6 +163,18 @@ def _load_start(config, ft_options, source, out, quiet, say):
         seed=config.seed,
         max_test=config.max_test,
     )
+    if source is None:
+        source = os.path.join(out, "finetune")
+        write_config()
+        if not os.path.isfile(os.path.join(source, "metrics.json")):
+            say(f"fine-tuning first ({config.epochs} epochs) into {source}")
+            resume = os.path.isfile(os.path.join(source, "checkpoint.pt"))
+            fit(config, ft_options, out=source, quiet=quiet, resume=resume)
+        model = load_run(source)[2]
+    else:
+        model = load_run(source)[2]
+        write_config()
+    seed_everything(config.seed)
     if model.num_classes != len(data.classes):
         raise LqfError(
             f"the model in {source!r} has {model.num_classes} classes, {config.data} has {len(data.classes)}"
