@@ -416,7 +416,9 @@ def _finish(model, masks, data, config, options, history, run, eval_batch, quiet
         "data": config.data,
         "shots": config.shots,
         "seed": config.seed,
-        "objective": Objective(ref["val_subset_accuracy"], options.epsilon, options.gamma).describe(),
+        "objective": Objective(ref["val_subset_accuracy"], options.epsilon, options.gamma).describe()
+        if options.searched
+        else f"one-shot {options.strategy} pruning to {options.target_compression:g}x",
         "reference_val_accuracy": ref["val_accuracy"],
         "reference_test_accuracy": ref["test_accuracy"],
         "val_accuracy": val,
