@@ -57,10 +57,10 @@ MAX_TEST = ["--max-test", "2000"]
 LEVELS = (1.0, 0.7)
 #: settings: (flags of every prune run, extra flags of the searched ones)
 SETTINGS = {
-    # the defaults: AdamW 3e-4 fine-tuning, every round within --target-drop
-    "plain": ([], []),
-    # gentler fine-tuning, and up to 3 points lost in rounds 1-2 (before their fine-tuning)
-    "gradual": (["--tune-lr", "1e-4"], ["--round-drop", "3"]),
+    # every trial of the search proposed by the sampler (random starts, then the GP)
+    "plain": ([], ["--global-starts", "0"]),
+    # the first trials of each round are the rates of a global magnitude threshold (the default)
+    "seeded": ([], []),
 }
 EXECUTED: list[str] = []
 HEADER = """`efficientnet_lite0` (ImageNet weights), 64 px, 200 training images per class, 50

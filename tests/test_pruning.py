@@ -325,3 +325,14 @@ def test_prune_cli_end_to_end(tiny_model_spec, tmp_path, capsys) -> None:
     code = main(["prune", "--resume", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "already finished" in err
+
+
+def test_global_starts_reproduce_global_pruning_per_layer() -> None:
+    from lqf.pruning.finepruning import global_starts
+    from lqf.pruning.masks import theta_for_compression
+
+    _, layers = _tiny_layers(include_head=True, grouping="layer")
+    starts = global_starts(layers, 3, theta_max=1.0)
+    assert len(starts) == 3
+    expected = global_masks(layers, theta_for_compression(8.0))
+    assert all(torch.equal(layer_masks(layers, starts[-1])[n], expected[n]) for n in expected)

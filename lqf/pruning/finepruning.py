@@ -309,6 +309,7 @@ def _search(
             if point not in warm:
                 warm.append(point)
         warm = warm[: options.warm_start]
+    warm += [p for p in global_starts(layers, options.global_starts, options.theta_max) if p not in warm]
     model.eval()
     remaining = range(options.trials - len(done))
     bar = iter(progress(remaining, desc=f"search {round_index}/{options.rounds}", quiet=quiet))
@@ -344,6 +345,27 @@ def _search(
         f"{best['compression']:.2f}x, val subset accuracy {100 * best['accuracy']:.2f}% "
         f"(drop {best['drop']:+.2f} points, before fine-tuning)"
     )
+
+
+def global_starts(layers: list[PrunableLayer], count: int, theta_max: float) -> list[dict[str, float]]:
+    """Per-group fractions that one global magnitude threshold gives, at ``count`` compression
+    rates spaced geometrically from 1.5x to 8x (on the current weights).
+
+    Global magnitude pruning is a strong one-parameter heuristic; offering its rates as the
+    first trials lets the search start from it and refine it group by group."""
+    if count <= 0:
+        return []
+    rates = [1.5 * (8 / 1.5) ** (i / max(1, count - 1)) for i in range(count)] if count > 1 else [3.0]
+    points = []
+    for rate in rates:
+        masks = global_masks(layers, theta_for_compression(rate))
+        pruned: dict[str, list[int]] = {}
+        for layer in layers:
+            done = pruned.setdefault(layer.group, [0, 0])
+            done[0] += int((~masks[layer.name]).sum())
+            done[1] += layer.numel
+        points.append({g: min(theta_max, k / n) for g, (k, n) in pruned.items()})
+    return points
 
 
 def _rank(objective: Objective, trial: dict[str, Any]) -> tuple:

@@ -38,6 +38,11 @@ class PruneOptions:
     trials: int = option(24, "trials per search round (quick evaluations on the validation subset)")
     startup_trials: int = option(8, "trials per round before the GP takes over (warm-start ones count)")
     warm_start: int = option(3, "best configurations of the previous round re-evaluated first in a round")
+    global_starts: int = option(
+        4,
+        "first trials of every round: the per-group rates of one global magnitude threshold at this "
+        "many compression levels (1.5x to 8x)",
+    )
     round_epochs: int = option(1, "fine-tuning epochs after each search round")
     final_epochs: int = option(2, "fine-tuning epochs after the last round")
     target_compression: float | None = option(
@@ -82,6 +87,7 @@ class PruneOptions:
             (self.trials < 1, f"--trials must be >= 1, got {self.trials}"),
             (self.startup_trials < 1, f"--startup-trials must be >= 1, got {self.startup_trials}"),
             (self.bn_batches < 0, f"--bn-batches must be >= 0, got {self.bn_batches}"),
+            (self.global_starts < 0, f"--global-starts must be >= 0, got {self.global_starts}"),
             (self.warm_start < 0, f"--warm-start must be >= 0, got {self.warm_start}"),
             (self.round_epochs < 0, f"--round-epochs must be >= 0, got {self.round_epochs}"),
             (self.final_epochs < 0, f"--final-epochs must be >= 0, got {self.final_epochs}"),

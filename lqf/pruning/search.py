@@ -20,7 +20,8 @@ the best configurations of the previous round on the current weights (queued
 with ``enqueue_trial``), and the GP starts from those. Within a round the
 weights are fixed, so trials finished before an interruption are exact
 observations and are handed back to the GP with ``add_trial`` instead of
-being recomputed.
+being recomputed. The caller may also queue other informed starting points
+(:func:`lqf.pruning.finepruning.global_starts`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def search_round(
             "round": round_index,
             "number": number,
             "theta": theta,
-            "warm": number < len(warm),
+            "warm": number < len(warm),  # a queued start (previous round's best, or a global-threshold one)
             "accuracy": accuracy,
             "drop": objective.drop(accuracy),
             "removed": removed.removed,
