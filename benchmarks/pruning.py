@@ -162,7 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                 search = ["--strategy", "random", *SEARCH, *searched, *common]
                 runs["random"] = prune(data, "random", source, search, args.lock, setting, args.cached)
             runs = {name: r for name, r in runs.items() if r is not None}
-            results.append({"data": data, "setting": setting, "finetune": ft, "runs": runs})
+            results.append(
+                {
+                    "data": data,
+                    "setting": setting,
+                    "finetune": ft,
+                    "finetune_run": os.path.relpath(source, ROOT),
+                    "runs": runs,
+                }
+            )
     write(results, args, time.time() - started)
     return 0
 
@@ -190,7 +198,9 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
         "",
         HEADER.format(search=" ".join(SEARCH)),
         f"Hardware: {payload['hardware']['cpu']}, {payload['hardware']['cores']} cores, "
-        f"torch {payload['hardware']['torch']} on the CPU; wall time {seconds / 60:.0f} min.",
+        f"torch {payload['hardware']['torch']} on the CPU. Run time of the reported runs (sum of the"
+        " fine-tuning and prune runs, on a machine shared with other work):"
+        f" {total_minutes(results):.0f} min.",
         f"Command: `{command}`.",
         "",
     ]
@@ -202,8 +212,10 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
             f"Flags of every prune run: `{' '.join(SETTINGS[entry['setting']][0]) or 'defaults'}`; "
             f"of bo and random also `{' '.join(SETTINGS[entry['setting']][1]) or '-'}`.",
             "",
-            f"Unpruned fine-tuned model: test {100 * ft['test_accuracy']:.2f}%, "
-            f"val {100 * ft['val_accuracy']:.2f}% (n_test {ft['n_test']}).",
+            f"Unpruned fine-tuned model ({entry['finetune_run']}): test "
+            f"{100 * entry['runs']['bo']['reference_test_accuracy']:.2f}% on the 2,000 test images "
+            f"({100 * ft['test_accuracy']:.2f}% on all {ft['n_test']:,}), "
+            f"val {100 * ft['val_accuracy']:.2f}%.",
             "",
             "| method | compression | params kept | val drop | test acc | test drop | packed MiB (dense) |"
             " prune s | GP overhead |",
@@ -234,7 +246,9 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
             text = (
                 f"{best['compression']:.2f}x (test drop {best['test_drop_points']:+.2f})"
                 if best
-                else "none of the levels run"
+                else "no run within 1 point"
+                if rows
+                else "not run"
             )
             lines.append(f"- {family}: {text}")
         lines.append("")
@@ -245,6 +259,12 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
     with open(os.path.join(RESULTS, "pruning.md"), "w") as handle:
         handle.write("\n".join(lines))
     print("\n".join(lines))
+
+
+def total_minutes(results: list[dict]) -> float:
+    """Minutes of the fine-tuning runs (once per data set) and of every reported prune run."""
+    fts = {e["finetune_run"]: e["finetune"]["train_seconds"] for e in results}
+    return (sum(fts.values()) + sum(r["seconds"] for e in results for r in e["runs"].values())) / 60
 
 
 def plot(results: list[dict], path: str) -> None:
