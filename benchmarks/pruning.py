@@ -294,6 +294,8 @@ def plot(results: list[dict], path: str) -> None:
                 ms=9 if marker == "*" else 6,
                 label=family,
             )
+        top = max(r["compression"] for r in entry["runs"].values())
+        ax.set_xlim(1.0, max(3.0, 1.2 * top))
         ax.set_xlabel("compression (prunable parameters / kept)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{entry['data']} ({entry['setting']})", fontsize=10)
