@@ -38,10 +38,14 @@ def _converter(type_text: str, name: str):
     return convert
 
 
-def add_dataclass_flags(parser: argparse._ActionsContainer, cls: type) -> list[str]:
-    """Add one flag per field of ``cls``; returns the field names."""
+def add_dataclass_flags(
+    parser: argparse._ActionsContainer, cls: type, skip: tuple[str, ...] = ()
+) -> list[str]:
+    """Add one flag per field of ``cls`` (except those in ``skip``); returns the field names."""
     names = []
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         help_text = f.metadata.get("help", "")
         default = f.default
         shown = f" (default: {default})" if default is not None else ""

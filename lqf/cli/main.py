@@ -1,4 +1,4 @@
-"""``lqf`` command line: ``fit``, ``evaluate``, ``predict``, ``demo``, ``list``.
+"""``lqf`` command line: ``fit``, ``evaluate``, ``predict``, ``compare``, ``demo``, ``prune``, ``list``.
 
 ``main(argv) -> int`` parses, dispatches to one small function per
 subcommand, and turns every :class:`~lqf.errors.LqfError` into one line on
@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=commands.cmd_demo)
 
+    from lqf.cli.prune import add_prune_parser
+
+    add_prune_parser(sub)
+
     ls = sub.add_parser("list", help="list models, data sets and methods")
     ls.set_defaults(func=commands.cmd_list)
 
@@ -128,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         where = getattr(args, "active_run", None)
-        hint = f"; resume with: lqf fit --resume {where}" if where and os.path.isdir(where) else ""
+        command = getattr(args, "resume_command", f"lqf fit --resume {where}")
+        hint = f"; resume with: {command}" if where and os.path.isdir(where) else ""
         print(f"\nlqf: interrupted{hint}", file=sys.stderr)
         return 130
 

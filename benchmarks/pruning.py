@@ -1,0 +1,310 @@
+"""Fine-Pruning benchmark: per-group rates by Bayesian optimisation vs three baselines.
+
+For each data set (fashion-mnist, animal-mnist; 200 images per class, 50
+validation images per class, 64 px) ``efficientnet_lite0`` is fine-tuned once
+with the recipe chosen on validation in ``benchmarks/baseline.py``, and that
+run is pruned by
+
+* ``bo``: Fine-Pruning (``lqf prune --strategy bo --target-drop 1``);
+* ``random``: the same loop with random search instead of the GP;
+* ``uniform``: one fraction for every layer, pruned once, then fine-tuned;
+* ``global``: one magnitude threshold across layers, pruned once, then fine-tuned;
+
+with the same number of fine-tuning epochs (``rounds * round_epochs +
+final_epochs``). The one-shot baselines are run at the compression Fine-Pruning
+reached and at a lower level (0.7x of it), so each method's largest
+compression within one point of validation accuracy can be read off, and the
+accuracies compared at matched compression.
+
+Every step is a separate ``python -m lqf`` process, cached in
+``benchmarks/runs/pruning/`` (an interrupted prune run is resumed); with
+``--lock FILE`` each step waits for ``flock FILE``, so a shared machine is
+taken one step at a time.
+
+Usage::
+
+    python benchmarks/pruning.py --lock /tmp/lqf-cpu.lock       # about 40 min of CPU on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+RUNS = os.path.join(HERE, "runs", "pruning")
+sys.path.insert(0, HERE)
+
+from baseline import hardware  # noqa: E402
+
+#: fine-tuning learning rate chosen on validation at 200 shots/class (benchmarks/results/baseline.md)
+FINETUNE_LR = {"fashion-mnist": "3e-3", "animal-mnist": "1e-3"}
+FINETUNE = ["--model", "efficientnet_lite0", "--shots", "200", "--val-per-class", "50", "--image-size", "64"]
+FINETUNE += ["--batch-size", "64", "--seed", "0", "--bn", "train", "--head-lr-scale", "1"]
+#: fine-tuning epochs (animal-mnist: fewer, to keep the benchmark's CPU time in budget)
+FINETUNE_EPOCHS = {"fashion-mnist": "15", "animal-mnist": "6"}
+BUDGET = ["--rounds", "3", "--round-epochs", "1", "--final-epochs", "1"]  # 4 fine-tuning epochs in all
+SEARCH = ["--target-drop", "1", "--trials", "14", "--startup-trials", "5", *BUDGET]
+#: test images (a fixed stratified subset for fashion-mnist; animal-mnist has 2,000)
+MAX_TEST = ["--max-test", "2000"]
+LEVELS = (1.0, 0.7)
+#: settings: (flags of every prune run, extra flags of the searched ones)
+SETTINGS = {
+    # every trial of the search proposed by the sampler (random starts, then the GP)
+    "plain": ([], ["--global-starts", "0"]),
+    # the first trials of each round are the rates of a global magnitude threshold (the default)
+    "seeded": ([], []),
+    # seeded, and rounds 1-2 may lose up to 4 points before their fine-tuning recovers them
+    "gradual": ([], ["--round-drop", "4"]),
+}
+EXECUTED: list[str] = []
+HEADER = """`efficientnet_lite0` (ImageNet weights), 64 px, 200 training images per class, 50
+validation images per class, seed 0, fine-tuned once per data set (the learning rate chosen in
+baseline.md; 15 epochs on fashion-mnist, 6 on animal-mnist), then pruned. Every method gets the
+same fine-tuning budget after pruning (4 epochs, AdamW 3e-4). bo/random: `{search}` (each trial
+evaluates on the whole validation split, 500 images, after re-estimating BatchNorm statistics on
+4 training batches). Test accuracy on a fixed stratified subset of 2,000 test images
+(`--max-test 2000`; animal-mnist has 2,000). Compression = parameters of the 49 prunable layers
+(all Conv2d, depthwise included; the head is not pruned) divided by those kept. Drops are in
+accuracy points against the unpruned fine-tuned model."""
+
+
+def lqf(args: list[str], lock: str | None) -> None:
+    cmd = [sys.executable, "-m", "lqf", *args]
+    if lock:
+        cmd = ["flock", lock, *cmd]
+    print("$", " ".join(["python", "-m", "lqf", *args]), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def finetune(data: str, lock: str | None) -> str:
+    out = os.path.join(RUNS, data, "finetune")
+    if not os.path.isfile(os.path.join(out, "metrics.json")):
+        resume = os.path.isfile(os.path.join(out, "checkpoint.pt"))
+        flags = ["--data", data, *FINETUNE, "--lr", FINETUNE_LR[data], "--epochs", FINETUNE_EPOCHS[data]]
+        lqf(["fit", "--quiet", *(["--resume", out] if resume else ["--out", out, *flags])], lock)
+        EXECUTED.append(out)
+    return out
+
+
+def prune(
+    data: str, tag: str, source: str, flags: list[str], lock: str | None, setting: str, cached: bool = False
+) -> dict | None:
+    out = os.path.join(RUNS, data, tag) if setting == "plain" else os.path.join(RUNS, data, setting, tag)
+    metrics = os.path.join(out, "metrics.json")
+    if cached and not os.path.isfile(metrics):
+        return None
+    if not os.path.isfile(metrics):
+        if os.path.isfile(os.path.join(out, "config.json")):
+            lqf(["prune", "--resume", out, "--quiet"], lock)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            lqf(["prune", "--from", source, "--out", out, "--quiet", *MAX_TEST, *flags], lock)
+        EXECUTED.append(out)
+    with open(metrics) as handle:
+        result = json.load(handle)
+    result["run_dir"] = os.path.relpath(out, ROOT)
+    result["flags"] = flags
+    return result
+
+
+def best_within(rows: list[dict], drop: float = 1.0) -> dict | None:
+    """The most compressed run whose validation accuracy drop is at most ``drop`` points."""
+    ok = [r for r in rows if r["val_drop_points"] <= drop + 1e-9]
+    return max(ok, key=lambda r: r["compression"]) if ok else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="+", default=["fashion-mnist", "animal-mnist"])
+    parser.add_argument(
+        "--levels",
+        nargs="*",
+        type=float,
+        default=list(LEVELS),
+        help="baseline compression levels, relative to bo's",
+    )
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--cached", action="store_true", help="report finished runs only, run nothing")
+    parser.add_argument("--no-random", action="store_true", help="skip the random-search baseline")
+    parser.add_argument("--lock", help="flock this file around every step (shared machines)")
+    parser.add_argument("--remark", help="a note for the report")
+    args = parser.parse_args(argv)
+    started = time.time()
+    results = []
+    for data in args.data:
+        source = finetune(data, args.lock)
+        with open(os.path.join(source, "metrics.json")) as handle:
+            ft = json.load(handle)
+        for setting in args.settings:
+            common, searched = SETTINGS[setting]
+            search = ["--strategy", "bo", *SEARCH, *searched, *common]
+            runs = {"bo": prune(data, "bo", source, search, args.lock, setting, args.cached)}
+            if runs["bo"] is None:
+                continue
+            matched = runs["bo"]["compression"]
+            for strategy in ("uniform", "global"):
+                for level in args.levels:
+                    rate = f"{level * matched:.3f}"
+                    flags = ["--strategy", strategy, "--target-compression", rate, *BUDGET, *common]
+                    tag = f"{strategy}-{rate}x"
+                    runs[f"{strategy}@{level:g}"] = prune(
+                        data, tag, source, flags, args.lock, setting, args.cached
+                    )
+            if not args.no_random:
+                search = ["--strategy", "random", *SEARCH, *searched, *common]
+                runs["random"] = prune(data, "random", source, search, args.lock, setting, args.cached)
+            runs = {name: r for name, r in runs.items() if r is not None}
+            results.append(
+                {
+                    "data": data,
+                    "setting": setting,
+                    "finetune": ft,
+                    "finetune_run": os.path.relpath(source, ROOT),
+                    "runs": runs,
+                }
+            )
+    write(results, args, time.time() - started)
+    return 0
+
+
+def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, "pruning.json")
+    if not EXECUTED and os.path.isfile(path):
+        with open(path) as handle:
+            kept = json.load(handle)
+        seconds = kept.get("wall_seconds", seconds)
+        args.remark = args.remark or kept.get("remark")
+    command = "python benchmarks/pruning.py" + (" --lock /tmp/lqf-cpu.lock" if args.lock else "")
+    payload = {
+        "command": command,
+        "hardware": hardware(),
+        "wall_seconds": seconds,
+        "remark": args.remark,
+        "results": results,
+    }
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    lines = [
+        "# Fine-Pruning benchmark",
+        "",
+        HEADER.format(search=" ".join(SEARCH)),
+        f"Hardware: {payload['hardware']['cpu']}, {payload['hardware']['cores']} cores, "
+        f"torch {payload['hardware']['torch']} on the CPU. Run time of the reported runs (sum of the"
+        " fine-tuning and prune runs, on a machine shared with other work):"
+        f" {total_minutes(results):.0f} min.",
+        f"Command: `{command}`.",
+        "",
+    ]
+    for entry in results:
+        ft = entry["finetune"]
+        lines += [
+            f"## {entry['data']}, setting {entry['setting']}",
+            "",
+            f"Flags of every prune run: `{' '.join(SETTINGS[entry['setting']][0]) or 'defaults'}`; "
+            f"of bo and random also `{' '.join(SETTINGS[entry['setting']][1]) or '-'}`.",
+            "",
+            f"Unpruned fine-tuned model ({entry['finetune_run']}): test "
+            f"{100 * entry['runs']['bo']['reference_test_accuracy']:.2f}% on the 2,000 test images "
+            f"({100 * ft['test_accuracy']:.2f}% on all {ft['n_test']:,}), "
+            f"val {100 * ft['val_accuracy']:.2f}%.",
+            "",
+            "| method | compression | params kept | val drop | test acc | test drop | packed MiB (dense) |"
+            " prune s | GP overhead |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in entry["runs"].items():
+            overhead = f"{100 * r['search_overhead_share']:.0f}%" if r.get("search_overhead_share") else ""
+            lines.append(
+                f"| {name} | {r['compression']:.2f}x | {r['params_kept']:,} / {r['params_prunable']:,} "
+                f"| {r['val_drop_points']:+.2f} | {100 * r['test_accuracy']:.2f} "
+                f"| {r['test_drop_points']:+.2f} "
+                f"| {r['packed_file_bytes'] / 2**20:.2f} ({r['dense_file_bytes'] / 2**20:.2f}) "
+                f"| {r['seconds']:.0f} | {overhead} |"
+            )
+        for name in [n for n in ("bo", "random") if n in entry["runs"]]:
+            with open(os.path.join(ROOT, entry["runs"][name]["run_dir"], "history.json")) as handle:
+                rounds = json.load(handle)["rounds"]
+            steps = ", ".join(
+                f"round {r['round']}: {r['compression']:.2f}x at {r['drop']:+.2f} points" for r in rounds
+            )
+            lines.append(
+                f"\n{name}: configuration chosen per round (validation, before fine-tuning): {steps}."
+            )
+        lines += ["", "Largest compression with validation drop <= 1 point (chosen on validation):", ""]
+        for family in ("bo", "random", "uniform", "global"):
+            rows = [r for n, r in entry["runs"].items() if n.split("@")[0] == family]
+            best = best_within(rows)
+            text = (
+                f"{best['compression']:.2f}x (test drop {best['test_drop_points']:+.2f})"
+                if best
+                else "no run within 1 point"
+                if rows
+                else "not run"
+            )
+            lines.append(f"- {family}: {text}")
+        lines.append("")
+    plot(results, os.path.join(RESULTS, "pruning.png"))
+    lines += ["![test accuracy against compression](pruning.png)", ""]
+    if args.remark:
+        lines += [f"Remark: {args.remark}", ""]
+    with open(os.path.join(RESULTS, "pruning.md"), "w") as handle:
+        handle.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+def total_minutes(results: list[dict]) -> float:
+    """Minutes of the fine-tuning runs (once per data set) and of every reported prune run."""
+    fts = {e["finetune_run"]: e["finetune"]["train_seconds"] for e in results}
+    return (sum(fts.values()) + sum(r["seconds"] for e in results for r in e["runs"].values())) / 60
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Test accuracy against compression per data set, one marker per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.8), squeeze=False)
+    styles = {"bo": ("*", "C3"), "random": ("D", "C1"), "uniform": ("o", "C0"), "global": ("s", "C2")}
+    for ax, entry in zip(axes[0], results, strict=True):
+        ref = entry["runs"]["bo"]["reference_test_accuracy"]
+        ax.axhline(100 * ref, color="grey", ls=":", lw=1, label="unpruned")
+        ax.axhline(100 * ref - 1, color="grey", ls="--", lw=0.8, label="unpruned - 1 point")
+        for family, (marker, color) in styles.items():
+            rows = sorted(
+                (r for n, r in entry["runs"].items() if n.split("@")[0] == family),
+                key=lambda r: r["compression"],
+            )
+            ax.plot(
+                [r["compression"] for r in rows],
+                [100 * r["test_accuracy"] for r in rows],
+                marker=marker,
+                color=color,
+                ls="-" if len(rows) > 1 else "none",
+                ms=9 if marker == "*" else 6,
+                label=family,
+            )
+        top = max(r["compression"] for r in entry["runs"].values())
+        ax.set_xlim(1.0, max(3.0, 1.2 * top))
+        ax.set_xlabel("compression (prunable parameters / kept)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{entry['data']} ({entry['setting']})", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,488 @@
+"""Fine-Pruning: fine-tuning and per-layer magnitude pruning, optimised jointly.
+
+Tung, Muralidharan and Mori, "Fine-Pruning: Joint Fine-Tuning and Compression
+of a Convolutional Network with Bayesian Optimization", BMVC 2017. Instead of
+pruning once with hand-set per-layer rates and fine-tuning afterwards, the
+pruning fractions ``theta`` (one per layer group) are re-chosen while the
+network is fine-tuned::
+
+    start: a fine-tuned model (its validation accuracy is the reference a_ref)
+    for round r = 1 .. R:
+        search: T trials, each = masks for theta from the current weights'
+                magnitudes -> accuracy on the validation subset (no training);
+                Bayesian optimisation proposes theta (lqf.pruning.search)
+        prune:  apply the masks of the round's best theta
+        tune:   fine-tune --round-epochs with the masks held (lqf.pruning.masks)
+    final:  fine-tune --final-epochs
+
+Each round's configuration must keep the accuracy drop, measured before that
+round's fine-tuning, within ``--target-drop``; ``--round-drop`` allows a larger
+drop in the rounds before the last, since their fine-tuning recovers part of
+it (gradual pruning). The final model's drop is measured and reported, not
+guaranteed.
+
+A pruned weight has magnitude 0, so a later round with a smaller fraction for
+its group can give it back (it restarts from 0); theta therefore adapts in
+both directions. The baselines share the budget of fine-tuning epochs
+(``R * round_epochs + final_epochs``): ``uniform`` prunes every layer by one
+fraction and ``global`` by one magnitude threshold, once, then fine-tune;
+``random`` is the loop above with random search.
+
+Everything is resumable: the search history is written after every trial and
+a checkpoint (weights, masks) after every step, so an interrupted run repeats
+at most the step it was in, and no finished trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lqf.config import FitConfig
+from lqf.errors import LqfError
+from lqf.io import read_json, write_json
+from lqf.pruning.export import load_packed, save_packed
+from lqf.pruning.layers import PrunableLayer, find_prunable, groups_of
+from lqf.pruning.masks import MaskSet, global_masks, layer_masks, theta_for_compression
+from lqf.pruning.objective import Objective
+from lqf.pruning.options import PruneOptions
+from lqf.pruning.search import search_round
+
+HISTORY = "history.json"
+PACKED = "model.packed.safetensors"
+PARETO = "pareto.png"
+RATES = "rates.png"
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns: the pruned model, its masks and metrics."""
+
+    model: nn.Module
+    masks: MaskSet
+    metrics: dict[str, Any]
+    history: dict[str, Any]
+
+
+def plan(options: PruneOptions) -> list[tuple[str, int]]:
+    """The steps of a run: ``("search", r)``, ``("tune", epochs)``, ``("prune", 0)``."""
+    if options.searched:
+        steps: list[tuple[str, int]] = []
+        for r in range(1, options.rounds + 1):
+            steps += [("search", r), ("tune", options.round_epochs)]
+        return steps + [("tune", options.final_epochs)]
+    return [("prune", 0), ("tune", options.tune_epochs)]
+
+
+def validation_subset(data, size: int | None):
+    """The first ``size`` images of a stratified subsample of ``data.val`` (all if ``None``)."""
+    if size is None or size >= len(data.val):
+        return data.val
+    from lqf.data.splits import stratified_subsample
+
+    idx = stratified_subsample(data.val.labels.numpy(), torch.arange(len(data.val)).numpy(), size)
+    return data.val.subset(idx)
+
+
+class MaskedAccuracy:
+    """``theta -> accuracy`` of the current weights with ``theta``'s masks (weights restored after).
+
+    Pruning shifts the statistics of every activation, so the BatchNorm running
+    statistics of the unpruned weights misjudge a pruned network that
+    fine-tuning (which re-estimates them) would largely repair. With
+    ``bn_batches > 0`` each trial first re-estimates them (cumulative average)
+    on that many fixed training batches, evaluates, and restores them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[PrunableLayer],
+        images,
+        batch_size: int,
+        device: str,
+        bn_images: list[torch.Tensor] = (),
+    ):
+        self.model, self.layers, self.images = model, layers, images
+        self.batch_size, self.device = batch_size, device
+        self.bn_images = list(bn_images)
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.calls = 0
+
+    @torch.no_grad()
+    def __call__(self, theta) -> float:
+        from lqf.training import evaluate
+
+        saved = [layer.module.weight.detach().clone() for layer in self.layers]
+        saved_bn = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in self.norms]
+        masks = layer_masks(self.layers, theta)
+        try:
+            for layer in self.layers:
+                layer.module.weight.mul_(masks[layer.name])
+            if self.bn_images and self.norms:
+                self.recalibrate()
+            self.calls += 1
+            return evaluate(self.model, self.images, batch_size=self.batch_size, device=self.device)[
+                "accuracy"
+            ]
+        finally:
+            for layer, w in zip(self.layers, saved, strict=True):
+                layer.module.weight.copy_(w)
+            for m, (state, momentum) in zip(self.norms, saved_bn, strict=True):
+                m.load_state_dict(state)
+                m.momentum = momentum
+
+    def recalibrate(self) -> None:
+        """Running statistics = the average over ``bn_images`` batches (train-mode forward passes)."""
+        for m in self.norms:
+            m.reset_running_stats()
+            m.momentum = None
+        was_training = self.model.training
+        self.model.train()
+        for x in self.bn_images:
+            self.model(x.to(self.device))
+        self.model.train(was_training)
+
+
+def bn_batches(data, batch_size: int, count: int, seed: int) -> list[torch.Tensor]:
+    """``count`` fixed training batches (seeded) for BatchNorm re-estimation."""
+    if count <= 0:
+        return []
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for x, _ in data.train.batches(batch_size, shuffle=True, generator=gen):
+        out.append(x)
+        if len(out) == count:
+            break
+    return out
+
+
+def prune(
+    model: nn.Module,
+    data,
+    config: FitConfig,
+    options: PruneOptions,
+    *,
+    run=None,
+    resume: bool = False,
+    quiet: bool = False,
+    say: Callable[[str], None] = lambda text: None,
+) -> PruneResult:
+    """Prune a fine-tuned ``model`` (in place) with ``options.strategy``.
+
+    Args:
+        model: a fine-tuned :class:`~lqf.models.TransferModel`.
+        data: its :class:`~lqf.data.DataSplits` (the same split it was fine-tuned on).
+        config: the run settings (batch size, seed, device).
+        options: what and how to prune.
+        run: a :class:`~lqf.runs.RunDirectory` for the history, checkpoints and
+            outputs (``None``: nothing is written, nothing resumable).
+        resume: continue from ``run``'s history and checkpoint.
+        quiet: no progress bars.
+        say: one-line progress messages (the CLI prints them).
+
+    Returns:
+        The pruned model (in eval mode), its masks, ``metrics`` (reference and
+        final accuracies, compression, file sizes, search timing) and the
+        search history.
+    """
+    from lqf.training import evaluate
+
+    started = time.perf_counter()
+    device = config.device
+    model.to(device)
+    layers = find_prunable(
+        model, include_head=options.prune_head, exclude=options.excluded, grouping=options.groups
+    )
+    groups = groups_of(layers)
+    masks = MaskSet(layers)
+    subset = validation_subset(data, options.val_subset)
+    eval_batch = max(256, config.batch_size)
+    if len(subset) == 0:
+        raise LqfError("the validation split is empty; pruning chooses rates on it: use --val-per-class >= 1")
+
+    history = _load_history(run) if resume else None
+    state = run.load_checkpoint() if (resume and run is not None) else None
+    if history is None:
+        model.eval()
+        history = {
+            "groups": groups,
+            "layers": [{"name": x.name, "group": x.group, "params": x.numel} for x in layers],
+            "reference": {
+                "val_subset_accuracy": evaluate(model, subset, batch_size=eval_batch, device=device)[
+                    "accuracy"
+                ],
+                "val_accuracy": evaluate(model, data.val, batch_size=eval_batch, device=device)["accuracy"],
+                "test_accuracy": evaluate(
+                    model, data.test, batch_size=eval_batch, device=device, quiet=quiet
+                )["accuracy"],
+                "n_val_subset": len(subset),
+            },
+            "trials": [],
+            "rounds": [],
+            "steps": [],
+        }
+        _save_history(run, history)
+        state = None
+    ref = history["reference"]
+    objective = Objective(
+        reference=ref["val_subset_accuracy"], target_drop=options.epsilon, gamma=options.gamma
+    )
+    say(
+        f"reference (unpruned): val {100 * ref['val_accuracy']:.2f}%, "
+        f"val subset {100 * ref['val_subset_accuracy']:.2f}% ({ref['n_val_subset']} images), "
+        f"test {100 * ref['test_accuracy']:.2f}%; objective: {objective.describe()}"
+    )
+    first = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        masks.load_state_dict(state["masks"])
+        first = int(state["step"]) + 1
+    steps = plan(options)
+    recal = bn_batches(data, config.batch_size, options.bn_batches, config.seed + 7919)
+    measure = MaskedAccuracy(model, layers, subset, eval_batch, device, recal)
+    for index, (kind, arg) in enumerate(steps):
+        if index < first:
+            continue
+        step_start = time.perf_counter()
+        if kind == "search":
+            _search(
+                arg,
+                model,
+                layers,
+                groups,
+                masks,
+                measure,
+                objective,
+                options,
+                config,
+                history,
+                run,
+                quiet,
+                say,
+            )
+        elif kind == "prune":
+            _prune_once(layers, masks, options, history, say)
+        elif arg > 0:
+            _tune(model, masks, data, config, options, arg, index, run, quiet, history, say)
+        history["steps"] = [s for s in history["steps"] if s["step"] != index]
+        history["steps"].append({"step": index, "kind": kind, "seconds": time.perf_counter() - step_start})
+        _save_history(run, history)
+        if run is not None:
+            run.save_checkpoint({"step": index, "model": model.state_dict(), "masks": masks.state_dict()})
+    model.eval()
+    metrics = _finish(model, masks, data, config, options, history, run, eval_batch, quiet)
+    metrics["wall_seconds_this_process"] = time.perf_counter() - started
+    if run is not None:
+        run.write_metrics(metrics)
+        from lqf.pruning.plots import plot_pareto, plot_rates
+
+        plot_pareto(
+            history, metrics, run.file(PARETO), title=f"{options.strategy}: {config.model} on {config.data}"
+        )
+        plot_rates(masks.counts(), run.file(RATES), title=f"per-layer pruning ({options.strategy})")
+    return PruneResult(model=model, masks=masks, metrics=metrics, history=history)
+
+
+def _search(
+    round_index, model, layers, groups, masks, measure, objective, options, config, history, run, quiet, say
+):
+    from lqf.training.progress import progress
+
+    if objective.constrained and options.round_drop is not None and round_index < options.rounds:
+        objective = dataclasses.replace(objective, target_drop=options.round_drop)
+    done = [t for t in history["trials"] if t["round"] == round_index]
+    previous = [t for t in history["trials"] if t["round"] == round_index - 1]
+    warm: list[dict[str, float]] = []
+    if previous and options.warm_start:
+        chosen = history["rounds"][-1]["theta"]
+        ranked = sorted(previous, key=lambda t: _rank(objective, t), reverse=True)
+        for point in [chosen] + [t["theta"] for t in ranked]:
+            if point not in warm:
+                warm.append(point)
+        warm = warm[: options.warm_start]
+    warm += [p for p in global_starts(layers, options.global_starts, options.theta_max) if p not in warm]
+    model.eval()
+    remaining = range(options.trials - len(done))
+    bar = iter(progress(remaining, desc=f"search {round_index}/{options.rounds}", quiet=quiet))
+
+    def record(trial: dict[str, Any]) -> None:
+        history["trials"].append(trial)
+        _save_history(run, history)
+        next(bar, None)
+
+    records = search_round(
+        layers=layers,
+        groups=groups,
+        evaluate=measure,
+        objective=objective,
+        trials=options.trials,
+        sampler="gp" if options.strategy == "bo" else "random",
+        seed=config.seed * 1000 + round_index,
+        theta_max=options.theta_max,
+        startup_trials=options.startup_trials,
+        warm=warm,
+        done=done,
+        on_trial=record,
+        round_index=round_index,
+    )
+    best = objective.best(records)
+    masks.update(layer_masks(layers, best["theta"]))
+    history["rounds"] = [r for r in history["rounds"] if r["round"] != round_index]
+    history["rounds"].append(
+        {k: best[k] for k in ("round", "number", "theta", "accuracy", "drop", "removed", "compression")}
+    )
+    say(
+        f"round {round_index}: chose trial {best['number']} of {len(records)}: compression "
+        f"{best['compression']:.2f}x, val subset accuracy {100 * best['accuracy']:.2f}% "
+        f"(drop {best['drop']:+.2f} points, before fine-tuning)"
+    )
+
+
+def global_starts(layers: list[PrunableLayer], count: int, theta_max: float) -> list[dict[str, float]]:
+    """Per-group fractions that one global magnitude threshold gives, at ``count`` compression
+    rates spaced geometrically from 1.5x to 8x (on the current weights).
+
+    Global magnitude pruning is a strong one-parameter heuristic; offering its rates as the
+    first trials lets the search start from it and refine it group by group."""
+    if count <= 0:
+        return []
+    rates = [1.5 * (8 / 1.5) ** (i / max(1, count - 1)) for i in range(count)] if count > 1 else [3.0]
+    points = []
+    for rate in rates:
+        masks = global_masks(layers, theta_for_compression(rate))
+        pruned: dict[str, list[int]] = {}
+        for layer in layers:
+            done = pruned.setdefault(layer.group, [0, 0])
+            done[0] += int((~masks[layer.name]).sum())
+            done[1] += layer.numel
+        points.append({g: min(theta_max, k / n) for g, (k, n) in pruned.items()})
+    return points
+
+
+def _rank(objective: Objective, trial: dict[str, Any]) -> tuple:
+    if objective.constrained:
+        return (trial["feasible"], trial["removed"] if trial["feasible"] else trial["accuracy"])
+    return (True, trial["value"])
+
+
+def _prune_once(layers, masks, options, history, say):
+    fraction = theta_for_compression(options.target_compression)
+    if options.strategy == "uniform":
+        chosen = layer_masks(layers, {layer.group: fraction for layer in layers})
+    else:
+        chosen = global_masks(layers, fraction)
+    masks.update(chosen)
+    counts = masks.counts()
+    history["rounds"] = [
+        {
+            "round": 0,
+            "theta": {c.name: c.fraction_pruned for c in counts.layers},
+            "removed": counts.removed,
+            "compression": counts.rate,
+        }
+    ]
+    say(
+        f"{options.strategy} pruning to {counts.rate:.2f}x "
+        f"({100 * counts.removed:.1f}% of prunable parameters)"
+    )
+
+
+def _tune(model, masks, data, config, options, epochs, index, run, quiet, history, say):
+    from lqf.methods.base import FitContext
+    from lqf.methods.finetune import FinetuneOptions, _schedule
+    from lqf.training import train_epochs
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=options.tune_lr, weight_decay=options.tune_weight_decay)
+    phase = dataclasses.replace(config, epochs=epochs, seed=config.seed * 1009 + index + 1)
+    steps = data.train.num_batches(config.batch_size)
+    scheduler = _schedule(opt, FinetuneOptions(lr=options.tune_lr), steps, epochs)
+    ctx = FitContext(config=phase, run=None, quiet=quiet)
+    torch.manual_seed(phase.seed)  # dropout: the same in a resumed run
+    handle = masks.attach(opt)
+    try:
+        train_epochs(model, data, ctx, optimizer=opt, scheduler=scheduler, desc=f"tune (step {index + 1})")
+    finally:
+        handle.remove()
+    for record in ctx.history:
+        record = {"step": index, **record}
+        if run is not None:
+            run.append_log(record)
+    last = ctx.history[-1]
+    say(f"fine-tuned {epochs} epoch(s) with the masks: val accuracy {100 * last['val_accuracy']:.2f}%")
+
+
+def _finish(model, masks, data, config, options, history, run, eval_batch, quiet) -> dict[str, Any]:
+    from lqf.training import evaluate
+
+    counts = masks.counts()
+    val = evaluate(model, data.val, batch_size=eval_batch, device=config.device)["accuracy"]
+    test = evaluate(model, data.test, batch_size=eval_batch, device=config.device, quiet=quiet)["accuracy"]
+    ref = history["reference"]
+    trials = history["trials"]
+    sampler_s = sum(t["sampler_seconds"] for t in trials)
+    eval_s = sum(t["eval_seconds"] for t in trials)
+    metrics: dict[str, Any] = {
+        "strategy": options.strategy,
+        "model": config.model,
+        "data": config.data,
+        "shots": config.shots,
+        "seed": config.seed,
+        "objective": Objective(ref["val_subset_accuracy"], options.epsilon, options.gamma).describe()
+        if options.searched
+        else f"one-shot {options.strategy} pruning to {options.target_compression:g}x",
+        "reference_val_accuracy": ref["val_accuracy"],
+        "reference_test_accuracy": ref["test_accuracy"],
+        "val_accuracy": val,
+        "test_accuracy": test,
+        "val_drop_points": 100 * (ref["val_accuracy"] - val),
+        "test_drop_points": 100 * (ref["test_accuracy"] - test),
+        "params_prunable": counts.total,
+        "params_kept": counts.kept,
+        "compression": counts.rate,
+        "removed_fraction": counts.removed,
+        "theta": history["rounds"][-1]["theta"] if history["rounds"] else {},
+        "trials": len(trials),
+        "search_sampler_seconds": sampler_s,
+        "search_eval_seconds": eval_s,
+        "search_overhead_share": sampler_s / (sampler_s + eval_s) if trials else None,
+        "seconds_by_step": {f"{s['step']}:{s['kind']}": s["seconds"] for s in history["steps"]},
+        "seconds": sum(s["seconds"] for s in history["steps"]),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+    }
+    if run is not None:
+        from lqf.runs.fit import model_info
+
+        run.save_model(model, model_info(model, config, data.classes))
+        packed = save_packed(run.file(PACKED), model.state_dict(), masks.state_dict(), half=options.half)
+        metrics["dense_file_bytes"] = os.path.getsize(run.file("model.safetensors"))
+        metrics["packed_file_bytes"] = packed
+        metrics["file_size_ratio"] = metrics["dense_file_bytes"] / packed
+        restored = load_packed(run.file(PACKED))
+        metrics["packed_roundtrip_exact"] = (not options.half) and all(
+            torch.equal(restored[k], v.cpu()) for k, v in model.state_dict().items()
+        )
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def _load_history(run) -> dict[str, Any] | None:
+    if run is None or not run.has(HISTORY):
+        return None
+    return read_json(run.file(HISTORY))
+
+
+def _save_history(run, history: dict[str, Any]) -> None:
+    if run is not None:
+        write_json(run.file(HISTORY), history)

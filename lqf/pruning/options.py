@@ -1,0 +1,137 @@
+"""Options of ``lqf prune``: one dataclass, one flag per field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lqf.config import option
+from lqf.errors import LqfError
+from lqf.pruning.layers import GROUPINGS
+
+STRATEGIES = ("bo", "random", "uniform", "global")
+
+
+@dataclass
+class PruneOptions:
+    """How to prune (``lqf prune`` flags mirror these fields one to one)."""
+
+    strategy: str = option(
+        "bo",
+        "bo: Fine-Pruning (per-group rates by Bayesian optimisation, joint with fine-tuning); "
+        "random: the same loop with random search; uniform: one rate for all layers, once; "
+        "global: one magnitude threshold across layers, once",
+        choices=STRATEGIES,
+    )
+    target_drop: float | None = option(
+        None, "objective: max compression with validation accuracy drop <= this many points (default 1)"
+    )
+    round_drop: float | None = option(
+        None,
+        "accuracy drop (points) allowed in the search rounds before the last, measured before their "
+        "fine-tuning, which recovers part of it (default: --target-drop)",
+    )
+    gamma: float | None = option(
+        None, "objective instead: max (1 - gamma) * accuracy + gamma * removed fraction, gamma in [0, 1]"
+    )
+    rounds: int = option(3, "search rounds, each followed by --round-epochs of fine-tuning (bo, random)")
+    trials: int = option(24, "trials per search round (quick evaluations on the validation subset)")
+    startup_trials: int = option(8, "trials per round before the GP takes over (warm-start ones count)")
+    warm_start: int = option(3, "best configurations of the previous round re-evaluated first in a round")
+    global_starts: int = option(
+        4,
+        "first trials of every round: the per-group rates of one global magnitude threshold at this "
+        "many compression levels (1.5x to 8x)",
+    )
+    round_epochs: int = option(1, "fine-tuning epochs after each search round")
+    final_epochs: int = option(2, "fine-tuning epochs after the last round")
+    target_compression: float | None = option(
+        None, "uniform, global: the compression rate (prunable params / kept) to prune to, e.g. 5"
+    )
+    theta_max: float = option(0.95, "largest pruning fraction of any layer group")
+    groups: str = option("stage", "layers sharing one pruning fraction: stage or layer", choices=GROUPINGS)
+    prune_head: bool = option(False, "prune the classification head too")
+    exclude: str = option("", "comma-separated layer names (or prefixes) never pruned")
+    bn_batches: int = option(
+        4, "training batches to re-estimate BatchNorm statistics with in each trial (0: keep them)"
+    )
+    val_subset: int | None = option(None, "validation images used by each trial (default: all)")
+    tune_lr: float = option(3e-4, "AdamW learning rate of the fine-tuning phases (cosine per phase)")
+    tune_weight_decay: float = option(0.01, "AdamW weight decay of the fine-tuning phases")
+    half: bool = option(False, "store the compressed checkpoint in float16")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (
+                self.target_drop is not None and self.gamma is not None,
+                "give either --target-drop or --gamma, not both",
+            ),
+            (
+                self.target_drop is not None
+                and (self.target_drop < 0 or not math.isfinite(self.target_drop)),
+                f"--target-drop must be >= 0 accuracy points, got {self.target_drop}",
+            ),
+            (
+                self.round_drop is not None and (self.round_drop < 0 or not math.isfinite(self.round_drop)),
+                f"--round-drop must be >= 0 accuracy points, got {self.round_drop}",
+            ),
+            (
+                self.round_drop is not None and self.gamma is not None,
+                "--round-drop belongs to the --target-drop objective, not to --gamma",
+            ),
+            (
+                self.gamma is not None and not 0 <= self.gamma <= 1,
+                f"--gamma must be in [0, 1], got {self.gamma}",
+            ),
+            (self.rounds < 1, f"--rounds must be >= 1, got {self.rounds}"),
+            (self.trials < 1, f"--trials must be >= 1, got {self.trials}"),
+            (self.startup_trials < 1, f"--startup-trials must be >= 1, got {self.startup_trials}"),
+            (self.bn_batches < 0, f"--bn-batches must be >= 0, got {self.bn_batches}"),
+            (self.global_starts < 0, f"--global-starts must be >= 0, got {self.global_starts}"),
+            (self.warm_start < 0, f"--warm-start must be >= 0, got {self.warm_start}"),
+            (self.round_epochs < 0, f"--round-epochs must be >= 0, got {self.round_epochs}"),
+            (self.final_epochs < 0, f"--final-epochs must be >= 0, got {self.final_epochs}"),
+            (not 0 < self.theta_max < 1, f"--theta-max must be in (0, 1), got {self.theta_max}"),
+            (
+                self.val_subset is not None and self.val_subset < 1,
+                f"--val-subset must be >= 1, got {self.val_subset}",
+            ),
+            (
+                self.tune_lr <= 0 or not math.isfinite(self.tune_lr),
+                f"--tune-lr must be a positive number, got {self.tune_lr}",
+            ),
+            (
+                self.strategy in ("uniform", "global") and self.target_compression is None,
+                f"--strategy {self.strategy} needs --target-compression (e.g. 5)",
+            ),
+            (
+                self.target_compression is not None and not self.target_compression >= 1,
+                f"--target-compression must be >= 1, got {self.target_compression}",
+            ),
+            (
+                self.target_compression is not None and self.strategy in ("bo", "random"),
+                f"--target-compression is for --strategy uniform or global, not {self.strategy}; "
+                "use --target-drop or --gamma",
+            ),
+        ]
+        for failed, message in checks:
+            if failed:
+                raise LqfError(message)
+
+    @property
+    def searched(self) -> bool:
+        """Whether the strategy searches rates (bo, random) rather than pruning once."""
+        return self.strategy in ("bo", "random")
+
+    @property
+    def epsilon(self) -> float:
+        return 1.0 if self.target_drop is None else self.target_drop
+
+    @property
+    def excluded(self) -> list[str]:
+        return [name.strip() for name in self.exclude.split(",") if name.strip()]
+
+    @property
+    def tune_epochs(self) -> int:
+        """Fine-tuning epochs in all: the same budget for every strategy."""
+        return self.rounds * self.round_epochs + self.final_epochs

@@ -1,0 +1,150 @@
+"""One search round over the per-group pruning fractions ``theta``.
+
+The loop is ours; Optuna only proposes points (ask/tell). With
+``sampler="gp"`` the proposals come from Optuna's ``GPSampler``: a Gaussian
+process over ``theta in [0, theta_max]^G`` and expected improvement, in the
+constraint form weighted by the probability that a second GP (fitted to the
+accuracy drop) predicts the point feasible. ``sampler="random"`` draws
+``theta`` uniformly (the random-search baseline).
+
+A trial costs one call of ``evaluate(theta)`` (accuracy of the current
+weights with the trial's masks, on a validation subset) plus the sampler's
+time; both are recorded per trial, so the share of the GP's overhead can be
+reported.
+
+Warm start: the weights change between rounds (they are fine-tuned under the
+previous masks), so a previous round's accuracies are no longer observations
+of the current objective, and feeding them to the GP as such would be
+unsound. What carries over is *where* to look: each round first re-evaluates
+the best configurations of the previous round on the current weights (queued
+with ``enqueue_trial``), and the GP starts from those. Within a round the
+weights are fixed, so trials finished before an interruption are exact
+observations and are handed back to the GP with ``add_trial`` instead of
+being recomputed. The caller may also queue other informed starting points
+(:func:`lqf.pruning.finepruning.global_starts`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lqf.pruning.masks import predicted_compression
+from lqf.pruning.objective import Objective
+
+SAMPLERS = ("gp", "random")
+CONSTRAINT = "accuracy_drop"
+
+
+def make_sampler(kind: str, *, seed: int, startup_trials: int):
+    """Optuna's ``GPSampler`` (``gp``) or ``RandomSampler`` (``random``), seeded."""
+    optuna = _optuna()
+    if kind == "gp":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(
+                seed=seed, n_startup_trials=startup_trials, deterministic_objective=True
+            )
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {kind!r}; valid: {', '.join(SAMPLERS)}")
+
+
+def search_round(
+    *,
+    layers: list,
+    groups: list[str],
+    evaluate: Callable[[Mapping[str, float]], float],
+    objective: Objective,
+    trials: int,
+    sampler: str = "gp",
+    seed: int = 0,
+    theta_max: float = 0.95,
+    startup_trials: int = 8,
+    warm: list[Mapping[str, float]] = (),
+    done: list[dict[str, Any]] = (),
+    on_trial: Callable[[dict[str, Any]], None] | None = None,
+    round_index: int = 1,
+) -> list[dict[str, Any]]:
+    """Run ``trials`` trials (``len(done)`` of them already finished); returns all records.
+
+    Args:
+        layers: the prunable layers (for exact compression counts).
+        groups: the search dimensions, one fraction per group.
+        evaluate: ``theta -> accuracy`` on the validation subset.
+        objective: the objective and its reference accuracy.
+        trials: trials in this round, warm-start trials included.
+        sampler: ``gp`` or ``random``.
+        seed: the sampler's seed.
+        theta_max: upper bound of every fraction.
+        startup_trials: trials before the GP takes over (random or warm).
+        warm: configurations re-evaluated first (previous round's best).
+        done: records of this round's finished trials (after an interruption).
+        on_trial: called with each new record (to persist it).
+        round_index: stored in the records.
+
+    Each record holds ``theta``, ``accuracy``, ``removed``, ``compression``,
+    ``drop``, ``value``, ``feasible``, ``sampler_seconds``, ``eval_seconds``.
+    """
+    optuna = _optuna()
+    distributions = {g: optuna.distributions.FloatDistribution(0.0, theta_max) for g in groups}
+    study = optuna.create_study(
+        direction="maximize", sampler=make_sampler(sampler, seed=seed, startup_trials=startup_trials)
+    )
+    records = [dict(r) for r in done]
+    for r in records:
+        frozen = optuna.trial.create_trial(
+            params={g: min(theta_max, float(r["theta"][g])) for g in groups},
+            distributions=distributions,
+            value=r["value"],
+        )
+        if objective.constrained:
+            frozen.set_constraint(CONSTRAINT, objective.violation(r["accuracy"]))
+        study.add_trial(frozen)
+    for point in list(warm)[len(records) :]:
+        study.enqueue_trial({g: min(theta_max, float(point[g])) for g in groups})
+    for number in range(len(records), trials):
+        start = time.perf_counter()
+        trial = study.ask(distributions)
+        asked = time.perf_counter()
+        theta = {g: float(trial.params[g]) for g in groups}
+        accuracy = float(evaluate(theta))
+        evaluated = time.perf_counter()
+        removed = predicted_compression(layers, theta)
+        value = objective.value(accuracy, removed.removed)
+        if objective.constrained:
+            trial.set_constraint(CONSTRAINT, objective.violation(accuracy))
+        study.tell(trial, value)
+        record = {
+            "round": round_index,
+            "number": number,
+            "theta": theta,
+            "warm": number < len(warm),  # a queued start (previous round's best, or a global-threshold one)
+            "accuracy": accuracy,
+            "drop": objective.drop(accuracy),
+            "removed": removed.removed,
+            "compression": removed.rate,
+            "value": value,
+            "feasible": objective.feasible(accuracy),
+            "sampler_seconds": asked - start + time.perf_counter() - evaluated,
+            "eval_seconds": evaluated - asked,
+        }
+        records.append(record)
+        if on_trial is not None:
+            on_trial(record)
+    return records
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        from lqf.errors import LqfError
+
+        raise LqfError(
+            "pruning needs optuna: pip install 'optuna>=5.0' (or pip install -e .[prune])"
+        ) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna

@@ -1,0 +1,338 @@
+"""Fine-Pruning: masks that hold through training, exact bookkeeping, the packed
+checkpoint, resuming a search, and one clear line for bad arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lqf.cli.main import main
+from lqf.errors import LqfError
+from lqf.pruning import (
+    MaskSet,
+    Objective,
+    PruneOptions,
+    find_prunable,
+    global_masks,
+    groups_of,
+    layer_masks,
+    load_packed,
+    magnitude_mask,
+    save_packed,
+)
+from lqf.pruning.masks import predicted_compression
+
+from .conftest import tiny_net, write_image_folder
+
+
+def _tiny_layers(include_head: bool = True, grouping: str = "layer"):
+    net = tiny_net()
+    # name the last layer "head" like a TransferModel, so include_head has something to act on
+    model = nn.Sequential()
+    model.add_module("features", net[:-1])
+    model.add_module("head", net[-1])
+    return model, find_prunable(model, include_head=include_head, grouping=grouping)
+
+
+# -- masks ------------------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 200), theta=st.floats(0, 1), seed=st.integers(0, 10_000))
+def test_magnitude_mask_keeps_exactly_the_largest(n: int, theta: float, seed: int) -> None:
+    w = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    w[: n // 3] = 0.0  # ties, as pruned weights have
+    mask = magnitude_mask(w, theta)
+    k = int(round(theta * n))
+    assert int((~mask).sum()) == k
+    # reference: a stable numpy sort of |w|
+    order = np.argsort(w.abs().numpy(), kind="stable")
+    expected = np.ones(n, dtype=bool)
+    expected[order[:k]] = False
+    assert np.array_equal(mask.numpy(), expected)
+
+
+def test_global_masks_use_one_threshold_and_exact_count() -> None:
+    _, layers = _tiny_layers()
+    masks = global_masks(layers, 0.7)
+    total = sum(x.numel for x in layers)
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    assert pruned == round(0.7 * total)
+    kept = torch.cat([x.module.weight.abs().flatten()[masks[x.name].flatten()] for x in layers])
+    dropped = torch.cat([x.module.weight.abs().flatten()[~masks[x.name].flatten()] for x in layers])
+    assert kept.min() >= dropped.max()
+    # layers get different rates: one threshold is not one rate
+    rates = {round(float((~m).float().mean()), 3) for m in masks.values()}
+    assert len(rates) > 1
+
+
+def test_compression_bookkeeping_is_exact() -> None:
+    model, layers = _tiny_layers(include_head=True)
+    sizes = {x.name: x.numel for x in layers}
+    assert sizes == {"features.0": 3 * 8 * 9, "features.3": 8 * 16 * 9, "head": 16 * 5}
+    theta = {"features.0": 0.5, "features.3": 0.9, "head": 0.25}
+    masks = MaskSet(layers)
+    masks.update(layer_masks(layers, theta))
+    counts = masks.counts()
+    kept = {"features.0": 216 - 108, "features.3": 1152 - round(0.9 * 1152), "head": 80 - 20}
+    assert {c.name: c.kept for c in counts.layers} == kept
+    assert counts.total == 216 + 1152 + 80 and counts.kept == sum(kept.values())
+    assert counts.rate == pytest.approx(1448 / sum(kept.values()), rel=1e-12)
+    assert counts.removed == pytest.approx(1 - sum(kept.values()) / 1448, rel=1e-12)
+    predicted = predicted_compression(layers, theta)
+    assert [(c.name, c.kept) for c in predicted.layers] == [(c.name, c.kept) for c in counts.layers]
+    # the weights themselves: exactly the masked entries are zero (the tiny net has no exact zeros)
+    for x in layers:
+        assert int((x.module.weight != 0).sum()) == kept[x.name]
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.5),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01),
+    ],
+    ids=["adamw-weight-decay", "sgd-momentum"],
+)
+def test_masks_hold_through_optimizer_steps(make_opt) -> None:
+    model, layers = _tiny_layers(include_head=True)
+    opt = make_opt(model.parameters())
+    x, y = torch.randn(16, 3, 12, 12), torch.randint(0, 5, (16,))
+
+    def step() -> None:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(3):  # momentum and Adam moments build up on every weight first
+        step()
+    masks = MaskSet(layers)
+    masks.update(layer_masks(layers, {x.group: 0.6 for x in layers}))
+    before = {x.name: x.module.weight.detach().clone() for x in layers}
+    handle = masks.attach(opt)
+    for _ in range(5):
+        step()
+    for layer in layers:
+        w, m = layer.module.weight.detach(), masks.masks[layer.name]
+        assert torch.all(w[~m] == 0), layer.name
+        assert not torch.equal(w[m], before[layer.name][m]), "kept weights should train"
+        assert torch.all(layer.module.weight.grad[~m] == 0)
+    handle.remove()
+    step()  # detached: the hooks are gone
+    assert any(torch.any(x.module.weight.detach()[~masks.masks[x.name]] != 0) for x in layers)
+
+
+def test_stage_grouping_of_efficientnet_lite0() -> None:
+    from lqf.models import build_model
+
+    model = build_model("efficientnet_lite0", 10, pretrained=False)
+    layers = find_prunable(model)
+    groups = groups_of(layers)
+    assert len(layers) == 49 and "head" not in [x.name for x in layers]
+    assert groups == [
+        "features.conv_stem",
+        "depthwise",
+        "features.blocks.0",
+        "features.blocks.1",
+        "features.blocks.2",
+        "features.blocks.3",
+        "features.blocks.4",
+        "features.blocks.5",
+        "features.blocks.6",
+        "features.conv_head",
+    ]
+    assert all(x.depthwise == (x.group == "depthwise") for x in layers)
+    assert sum(x.numel for x in layers) == 3_341_792 - 12_800
+
+
+def test_objective_chooses_most_compressed_feasible() -> None:
+    obj = Objective(reference=0.90, target_drop=1.0)
+    trials = [
+        {"accuracy": 0.895, "removed": 0.5, "value": 0.5},
+        {"accuracy": 0.889, "removed": 0.6, "value": 0.6},  # drop 1.1 points: infeasible
+        {"accuracy": 0.891, "removed": 0.55, "value": 0.55},
+    ]
+    assert obj.best(trials) is trials[2]
+    assert Objective(reference=0.9, gamma=0.5).best(trials) is trials[1]
+    assert (
+        Objective(reference=0.99, target_drop=0.1).best(trials) is trials[0]
+    )  # none feasible: most accurate
+
+
+# -- the packed checkpoint -----------------------------------------------------------------------------
+def test_packed_checkpoint_round_trips_and_is_smaller(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    x = torch.rand(4, 3, 10, 10)
+    model(x)
+    model.eval()
+    layers = find_prunable(model, grouping="layer")
+    masks = MaskSet(layers)
+    masks.update(layer_masks(layers, {x.group: 0.8 for x in layers}))
+    dense = tmp_path / "dense.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, dense)
+    packed = tmp_path / "packed.safetensors"
+    size = save_packed(str(packed), model.state_dict(), masks.state_dict())
+    assert size == packed.stat().st_size
+    assert size < dense.stat().st_size / 3  # 80 % pruned: 1/8 + 0.2 * 4 bytes per weight, vs 4
+    restored = load_packed(str(packed))
+    expected = model(x)
+    for k, v in model.state_dict().items():
+        assert torch.equal(restored[k], v), k
+    model.load_state_dict(restored)
+    assert torch.equal(model(x), expected)
+    half = tmp_path / "half.safetensors"
+    assert save_packed(str(half), model.state_dict(), masks.state_dict(), half=True) < size
+    model.load_state_dict(load_packed(str(half)))
+    torch.testing.assert_close(model(x), expected, atol=2e-2, rtol=1e-2)
+
+
+# -- the loop: resuming without repeating finished trials --------------------------------------------
+def _tiny_setup(tmp_path: Path):
+    from lqf.config import FitConfig
+    from lqf.data import load_data
+    from lqf.models import build_model
+
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny_net(), weights)
+    folder = write_image_folder(tmp_path / "images", classes=3, per_class=10, size=12)
+    config = FitConfig(model=f"file:{weights}", data=f"imagefolder:{folder}", image_size=12, val_per_class=3)
+    data = load_data(config.data, image_size=12, val_per_class=3, seed=0)
+    return config, data, lambda: build_model(config.model, 3, generator=torch.Generator().manual_seed(0))
+
+
+def test_interrupted_prune_resumes_without_repeating_trials(tmp_path: Path, monkeypatch) -> None:
+    from lqf.pruning import finepruning
+    from lqf.runs import RunDirectory
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    options = PruneOptions(rounds=2, trials=4, startup_trials=2, warm_start=1, round_epochs=1, final_epochs=1)
+    calls = {"n": 0, "stop_at": 6}
+    original = finepruning.MaskedAccuracy.__call__
+
+    def counted(self, theta):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return original(self, theta)
+
+    monkeypatch.setattr(finepruning.MaskedAccuracy, "__call__", counted)
+    run = RunDirectory(str(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
+    finished = json.loads((tmp_path / "run" / "history.json").read_text())["trials"]
+    assert len(finished) == 5  # trials 1-5 finished, the 6th was interrupted
+    calls["n"], calls["stop_at"] = 0, -1
+    result = finepruning.prune(make_model(), data, config, options, run=run, resume=True, quiet=True)
+    assert calls["n"] == 2 * 4 - 5  # only the unfinished trials are evaluated
+    trials = result.history["trials"]
+    assert [(t["round"], t["number"]) for t in trials] == [(r, i) for r in (1, 2) for i in range(4)]
+    assert trials[:5] == finished
+    assert trials[4]["warm"] and trials[4]["theta"] == result.history["rounds"][0]["theta"]
+    m = result.metrics
+    assert m["packed_roundtrip_exact"] and m["packed_file_bytes"] > 0
+    assert m["params_kept"] == result.masks.counts().kept
+    for name in ("pareto.png", "rates.png", "model.packed.safetensors", "metrics.json"):
+        assert (tmp_path / "run" / name).is_file()
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "global"])
+def test_one_shot_baselines_reach_the_target_compression(tmp_path: Path, strategy: str) -> None:
+    from lqf.pruning.finepruning import prune
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    options = PruneOptions(strategy=strategy, target_compression=4, rounds=1, round_epochs=1, final_epochs=0)
+    result = prune(make_model(), data, config, options, quiet=True)
+    assert result.metrics["compression"] == pytest.approx(4, rel=1e-2)
+    assert result.metrics["trials"] == 0
+    for layer in result.masks.layers:
+        assert torch.all(layer.module.weight[~result.masks.masks[layer.name]] == 0)
+
+
+# -- bad input: one line ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--target-drop", "-1"], ["--target-drop must be >= 0", "-1"]),
+        (["--target-drop", "1", "--gamma", "0.5"], ["either --target-drop or --gamma"]),
+        (["--strategy", "uniform"], ["needs --target-compression"]),
+        (["--round-drop", "-0.5"], ["--round-drop must be >= 0", "-0.5"]),
+        (["--exclude", "features.9"], ["'features.9'", "not a prunable layer", "features.0"]),
+    ],
+)
+def test_bad_prune_arguments_give_one_line(tiny_model_spec, tmp_path, capsys, flags, fragments) -> None:
+    folder = write_image_folder(tmp_path / "images", classes=3, per_class=6, size=12)
+    args = ["prune", "--model", tiny_model_spec, "--data", f"imagefolder:{folder}", "--image-size", "12"]
+    args += ["--val-per-class", "1", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run"), *flags]
+    code = main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("lqf: error:"), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_from_run_refuses_a_different_split(tiny_model_spec, tmp_path, capsys) -> None:
+    folder = write_image_folder(tmp_path / "images", classes=3, per_class=6, size=12)
+    source = tmp_path / "ft"
+    common = ["--data", f"imagefolder:{folder}", "--image-size", "12", "--val-per-class", "1", "--quiet"]
+    assert main(["fit", "--model", tiny_model_spec, *common, "--epochs", "1", "--out", str(source)]) == 0
+    code = main(["prune", "--from", str(source), "--seed", "3", "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--seed 3 differs from the --from run" in err
+    with pytest.raises(LqfError, match="exclude"):
+        find_prunable(tiny_net(), exclude=["nope"])
+
+
+def test_trial_evaluation_leaves_the_model_untouched(tmp_path: Path) -> None:
+    from lqf.pruning.finepruning import MaskedAccuracy, bn_batches
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    model = make_model().eval()
+    layers = find_prunable(model, grouping="layer")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    measure = MaskedAccuracy(model, layers, data.val, 64, "cpu", bn_batches(data, 8, 2, seed=0))
+    accuracy = measure({x.group: 0.9 for x in layers})
+    assert 0 <= accuracy <= 1 and measure.calls == 1
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and not model.training
+
+
+def test_prune_cli_end_to_end(tiny_model_spec, tmp_path, capsys) -> None:
+    folder = write_image_folder(tmp_path / "images", classes=3, per_class=6, size=12)
+    out = tmp_path / "pruned"
+    common = ["--data", f"imagefolder:{folder}", "--image-size", "12", "--val-per-class", "1", "--quiet"]
+    args = ["prune", "--model", tiny_model_spec, *common, "--epochs", "1", "--rounds", "1", "--trials", "2"]
+    code = main([*args, "--startup-trials", "1", "--final-epochs", "0", "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "compression" in stdout and "packed" in stdout
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["prune_options"]["trials"] == 2 and saved["source"] is None
+    assert (out / "finetune" / "metrics.json").is_file()  # fine-tuned first, without --from
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert main(["evaluate", str(out), "--quiet"]) == 0  # the pruned model is an ordinary run
+    evaluation = json.loads(next(out.glob("evaluation-*.json")).read_text())
+    assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    capsys.readouterr()
+    code = main(["prune", "--resume", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "already finished" in err
+
+
+def test_global_starts_reproduce_global_pruning_per_layer() -> None:
+    from lqf.pruning.finepruning import global_starts
+    from lqf.pruning.masks import theta_for_compression
+
+    _, layers = _tiny_layers(include_head=True, grouping="layer")
+    starts = global_starts(layers, 3, theta_max=1.0)
+    assert len(starts) == 3
+    expected = global_masks(layers, theta_for_compression(8.0))
+    assert all(torch.equal(layer_masks(layers, starts[-1])[n], expected[n]) for n in expected)
