@@ -207,9 +207,11 @@ class LQF(Method):
             del original
         bs = max(ctx.config.batch_size, 256)
         has_val = len(data.val) > 0
-        if o.head_init == "probe":
-            if not isinstance(model.head, nn.Linear):
-                raise LqfError("--head-init probe needs an nn.Linear head")
+        if o.head_init == "probe" and not isinstance(model.head, nn.Linear):
+            # e.g. a fixed classifier: its matrix is a buffer (never linearized), its scale
+            # and bias are parameters and are linearized with the head; they start as built
+            ctx.extra["head_init"] = f"{type(model.head).__name__} as built"
+        elif o.head_init == "probe":
             ftr = apply(
                 model.embed, data.train, batch_size=bs, device=device, desc="features", quiet=ctx.quiet
             )
