@@ -58,7 +58,9 @@ def head_from_spec(spec: dict[str, Any]) -> nn.Module | None:
     if name not in HEAD_CHOICES:
         raise LqfError(f"model.json names an unknown head {name!r}; valid: {', '.join(HEAD_CHOICES)}")
     return FixedClassifier(
-        spec["in_features"], spec["out_features"], name.removeprefix("fixed-"), seed=spec.get("seed", 0)
+        spec["in_features"],
+        spec["out_features"],
+        name.removeprefix("fixed-"),
+        seed=spec.get("seed", 0),
+        row_offset=spec.get("row_offset", 1),
     )
-
-

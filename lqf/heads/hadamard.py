@@ -20,6 +20,10 @@ fast transform of length ``k`` (``k log2 k`` additions) and a copy of ``C``
 outputs: ``O(d + C + k log k)`` instead of the ``O(dC)`` of a dense product.
 :func:`truncated_hadamard` is the dense twin it is tested against.
 
+The same holds for the rows ``o .. o+C-1`` (``H_n[o:o+C, :d]``, ``R = o + C``
+rows in the periodicity above); the fixed heads use ``o = 1`` (see
+:mod:`lqf.heads.fixed`).
+
 Orthogonality of ``H_n[:C, :d]`` (entries ``+-1``): rows ``i, i'`` have inner
 product ``sum_{j<d} (-1)^popcount((i xor i') & j)``, which vanishes for all
 ``i != i' < C`` when ``p2(C)`` divides ``d`` (each aligned block of ``p2(C)``
@@ -41,9 +45,9 @@ def next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def period(out_features: int, in_features: int) -> int:
-    """``k = min(p2(C), p2(d))``: ``H_n[:C, :d]`` is ``H_k`` tiled (see the module docstring)."""
-    return min(next_pow2(out_features), next_pow2(in_features))
+def period(rows: int, in_features: int) -> int:
+    """``k = min(p2(R), p2(d))``: ``H_n[:R, :d]`` is ``H_k`` tiled (see the module docstring)."""
+    return min(next_pow2(rows), next_pow2(in_features))
 
 
 def sylvester(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -64,17 +68,21 @@ def sylvester(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return h
 
 
-def truncated_hadamard(out_features: int, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The dense block ``H_n[:C, :d]`` ``(C, d)``, ``n = p2(max(d, C))``, entries ``+-1``.
+def truncated_hadamard(
+    out_features: int, in_features: int, dtype: torch.dtype = torch.float32, *, offset: int = 0
+) -> torch.Tensor:
+    """The dense block ``H_n[o:o+C, :d]`` ``(C, d)``, ``n = p2(max(d, o + C))``, entries ``+-1``.
 
-    Built by tiling ``H_k`` (``k = min(p2(C), p2(d))``), so ``H_n`` itself is
+    ``o = offset`` skips the first rows (``o = 1`` drops the constant row).
+    Built by tiling ``H_k`` (``k = min(p2(o + C), p2(d))``), so ``H_n`` itself is
     never formed (``n^2`` entries would not fit in memory for ``C = 10^5``).
     """
-    k = period(out_features, in_features)
+    rows = offset + out_features
+    k = period(rows, in_features)
     h = sylvester(k, dtype)
-    reps_rows = -(-out_features // k)
+    reps_rows = -(-rows // k)
     reps_cols = -(-in_features // k)
-    return h.repeat(reps_rows, reps_cols)[:out_features, :in_features].contiguous()
+    return h.repeat(reps_rows, reps_cols)[offset:rows, :in_features].contiguous()
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
@@ -113,8 +121,8 @@ def fold(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], -1, k).sum(-2)
 
 
-def hadamard_project(x: torch.Tensor, out_features: int) -> torch.Tensor:
-    """``x @ H_n[:C, :d]^T`` without forming the matrix: ``(..., d)`` to ``(..., C)``.
+def hadamard_project(x: torch.Tensor, out_features: int, *, offset: int = 0) -> torch.Tensor:
+    """``x @ H_n[o:o+C, :d]^T`` without forming the matrix: ``(..., d)`` to ``(..., C)``.
 
     Fold to the period ``k``, transform with :func:`fwht`, tile to ``C``
     (module docstring). Additions only, so it equals the dense product up to
@@ -125,15 +133,16 @@ def hadamard_project(x: torch.Tensor, out_features: int) -> torch.Tensor:
         >>> torch.allclose(hadamard_project(x, 7), x @ truncated_hadamard(7, 20).T, atol=1e-5)
         True
     """
-    v = fwht(fold(x, period(out_features, x.shape[-1])))
-    return tile(v, out_features)
+    v = fwht(fold(x, period(offset + out_features, x.shape[-1])))
+    return tile(v, out_features, offset=offset)
 
 
-def tile(v: torch.Tensor, out_features: int) -> torch.Tensor:
-    """Repeat ``v`` ``(..., k)`` periodically to ``(..., C)`` (a slice if ``C <= k``)."""
+def tile(v: torch.Tensor, out_features: int, *, offset: int = 0) -> torch.Tensor:
+    """Entries ``o .. o+C-1`` of ``v`` ``(..., k)`` repeated periodically: ``(..., C)``."""
     k = v.shape[-1]
-    if out_features <= k:
-        return v[..., :out_features]
-    reps = -(-out_features // k)
+    rows = offset + out_features
+    if rows <= k:
+        return v[..., offset:rows]
+    reps = -(-rows // k)
     expanded = v.unsqueeze(-2).expand(*v.shape[:-1], reps, k)
-    return expanded.reshape(*v.shape[:-1], reps * k)[..., :out_features]
+    return expanded.reshape(*v.shape[:-1], reps * k)[..., offset:rows]

@@ -159,8 +159,8 @@ class LinearProbe(Method):
         if val is None and o.ridge is None:
             rel = [NO_VALIDATION_DEFAULT]
         if fixed:  # only the scale and the bias are fitted (lqf.heads.probe)
-            val_labels = data.val.labels if val is not None else None
-            extra, record = fit_fixed_head(model.head, train, data.train.labels, val, val_labels, o.probe, rel)
+            labels = data.val.labels if val is not None else None
+            extra, record = fit_fixed_head(model.head, train, data.train.labels, val, labels, o.probe, rel)
             ctx.extra.update(extra)
             ctx.log(record)
             return
