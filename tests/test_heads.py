@@ -263,7 +263,8 @@ def test_fit_fixed_head_changes_only_scale_and_bias() -> None:
     rows = head.dense_matrix(torch.float32)
     labels = torch.randint(0, 3, (90,), generator=gen)
     feats = rows[labels] + 0.3 * torch.randn(90, 16, generator=gen)  # features near their class's row
-    extra, record = fit_fixed_head(head, feats[:60], labels[:60], feats[60:], labels[60:], "ridge", [0.0, 1.0])
+    train, val = (feats[:60], labels[:60]), (feats[60:], labels[60:])
+    extra, record = fit_fixed_head(head, *train, *val, "ridge", [0.0, 1.0])
     assert torch.equal(head.matrix, matrix)
     assert record["val_accuracy"] > 0.9 and head.scale.item() > 0
     assert extra["head_scale"] == pytest.approx(head.scale.item())

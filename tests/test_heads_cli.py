@@ -58,7 +58,9 @@ def test_fit_with_fixed_head_then_evaluate_and_predict(
     assert sum(t["probability"] for t in top) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_fixed_head_matrix_is_unchanged_by_finetuning(tiny_model_spec, image_folder, tmp_path, capsys) -> None:
+def test_fixed_head_matrix_is_unchanged_by_finetuning(
+    tiny_model_spec, image_folder, tmp_path, capsys
+) -> None:
     out = tmp_path / "run"
     args = _fit_args(
         tiny_model_spec, f"imagefolder:{image_folder}", out, "--head", "fixed-orthogonal",
