@@ -3,12 +3,12 @@
 Two settings, each with ``--head linear``, ``fixed-hadamard`` and
 ``fixed-orthogonal``:
 
-* transfer: ``efficientnet_lite0`` (ImageNet weights), 64 px, 100 images per
+* transfer: ``efficientnet_lite0`` (ImageNet weights), 64 px, 50 images per
   class of ``fashion-mnist`` and ``animal-mnist``, 20 validation images per
-  class; ``finetune`` and ``linear-probe`` (ridge: the fixed heads fit only
-  scale and bias);
+  class, 6 epochs; ``finetune`` and ``linear-probe`` (ridge: the fixed heads
+  fit only scale and bias);
 * scratch: a small CNN (three conv-BN-ReLU blocks, 64 features) trained from
-  random weights on ``fashion-mnist`` (28 px, 500 images per class, 3 epochs),
+  random weights on ``fashion-mnist`` (28 px, 300 images per class, 3 epochs),
   the setting of the paper at a CPU budget.
 
 Fine-tuning uses, for every head, the recipe the baseline benchmark chose on the
@@ -30,7 +30,7 @@ Further methods (e.g. ``lqf`` once it is registered) are added with
 
 Usage::
 
-    python benchmarks/heads_accuracy.py                      # everything (about 35 min on 2 cores)
+    python benchmarks/heads_accuracy.py                      # everything (about 30 min on 2 free cores)
     python benchmarks/heads_accuracy.py --settings scratch   # one piece
     python benchmarks/heads_accuracy.py --report             # only rewrite the results from finished runs
 """
@@ -58,14 +58,14 @@ SEEDS = (0, 1, 2)
 SETTINGS = {
     "transfer": {
         "data": ("fashion-mnist", "animal-mnist"),
-        "flags": ["--model", "efficientnet_lite0", "--image-size", "64", "--shots", "100"]
-        + ["--val-per-class", "20", "--epochs", "10", "--batch-size", "64", "--max-test", "5000"],
+        "flags": ["--model", "efficientnet_lite0", "--image-size", "64", "--shots", "50"]
+        + ["--val-per-class", "20", "--epochs", "6", "--batch-size", "32", "--max-test", "2000"],
         "methods": ("finetune", "linear-probe"),
     },
     "scratch": {
         "data": ("fashion-mnist",),
-        "flags": ["--image-size", "28", "--shots", "500", "--val-per-class", "50", "--epochs", "3"]
-        + ["--batch-size", "64", "--max-test", "5000"],
+        "flags": ["--image-size", "28", "--shots", "300", "--val-per-class", "50", "--epochs", "3"]
+        + ["--batch-size", "32", "--max-test", "2000"],
         "methods": ("finetune",),
     },
 }
@@ -302,7 +302,7 @@ NOTES = """Notes:
   d x C + C of the linear head; the backbone is trained the same way.
 - The seed changes the few-shot draw, the validation draw, the data order, the head's
   initialisation (and the orthogonal matrix); for scratch runs also the CNN's initial weights.
-  The test set is fixed: a fixed stratified 5,000 of fashion-mnist's 10,000 test images, all
+  The test set is fixed: a fixed stratified 2,000 of fashion-mnist's 10,000 test images, all
   2,000 of animal-mnist's.
 - The linear probe with a fixed head fits only α and b on frozen features (closed-form least
   squares): the backbone never learned to align its features with the fixed rows, so this
