@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d", type=int, default=1280)
     parser.add_argument("--classes", nargs="+", type=int, default=[10, 1000, 10_000, 100_000])
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see the notes)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -208,7 +208,11 @@ def write_markdown(p: dict, args: argparse.Namespace) -> None:
         "the O(B C d) multiply-adds of a dense head.",
         "- `held by head`: parameters and buffers; the output `(B, C)` (the same for every head) is not "
         "counted. The fixed heads train 1 + C numbers (scale and bias).",
-        "- The machine is shared; each timing is a median, so short interruptions do not move it much.",
+        "- One torch thread: the 2-core machine was shared with other jobs during the measurement, and "
+        "with 2 threads every kernel waits for both, so a descheduled thread stalls each of the "
+        "transform's ~2 log2 k small kernels (a first attempt with 2 threads measured 376 ms for the "
+        "fast head at C = 1,000, against about 2 ms on one thread). Each timing is a median, so short "
+        "interruptions do not move it much.",
     ]
     with open(os.path.join(RESULTS, "heads_speed.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")

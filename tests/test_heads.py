@@ -268,3 +268,14 @@ def test_fit_fixed_head_changes_only_scale_and_bias() -> None:
     assert torch.equal(head.matrix, matrix)
     assert record["val_accuracy"] > 0.9 and head.scale.item() > 0
     assert extra["head_scale"] == pytest.approx(head.scale.item())
+
+
+def test_fwht_with_and_without_autograd_agree_and_leave_the_input_alone() -> None:
+    x = torch.randn(3, 5, 64, dtype=torch.float64)
+    kept = x.clone()
+    plain = fwht(x)
+    assert torch.equal(x, kept)
+    tracked = fwht(x.clone().requires_grad_())
+    assert tracked.requires_grad
+    torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
+    torch.testing.assert_close(fwht(plain), 64 * x, **TOL64)  # H_k H_k = k I

@@ -163,27 +163,38 @@ class FixedClassifier(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed part ``W x/||x||`` ``(..., C)``: cosines of ``x`` with the rows of ``W``."""
-        z = self.normalize(x)
-        if self.matrix is not None:
-            return (z @ self.matrix.T) * self.gain
-        v = fwht(fold(z, self._period())) * self.gain
-        return tile(v, self.out_features, offset=self.row_offset)
+        factor = self.gain / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        v = self._unscaled(x)
+        if self.matrix is None:
+            v = tile(v, self.out_features, offset=self.row_offset)
+        return v * factor
 
     def _period(self) -> int:
         return period(self.row_offset + self.out_features, self.in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``alpha W x/||x|| + b`` ``(..., C)`` of features ``x`` ``(..., d)``."""
+    def _unscaled(self, x: torch.Tensor) -> torch.Tensor:
+        """``M x`` ``(..., C)`` (dense) or its period ``(..., k)`` (fast, before tiling)."""
         if self.matrix is not None:
-            return nn.functional.linear(self.normalize(x) * (self.scale * self.gain), self.matrix, self.bias)
-        k, first, end = self._period(), self.row_offset, self.row_offset + self.out_features
-        v = fwht(fold(self.normalize(x), k)) * (self.scale * self.gain)
+            return x @ self.matrix.T
+        return fwht(fold(x, self._period()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``alpha W x/||x|| + b`` ``(..., C)`` of features ``x`` ``(..., d)``.
+
+        The normalisation and the scale are one factor per row,
+        ``alpha gain / ||x||``, applied after the (linear) product.
+        """
+        factor = (self.scale * self.gain) / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        v = self._unscaled(x)
+        if self.matrix is not None:
+            return torch.addcmul(self.bias, v, factor)
+        k, first, end = v.shape[-1], self.row_offset, self.row_offset + self.out_features
         if end <= k:
-            return v[..., first:end] + self.bias
+            return torch.addcmul(self.bias, v[..., first:end], factor)
         # tile and add the bias in one pass: (..., 1, k) + (reps, k) -> (..., reps * k)
         reps = -(-end // k)
         bias = nn.functional.pad(self.bias, (first, reps * k - end)).view(reps, k)
-        out = (v.unsqueeze(-2) + bias).reshape(*v.shape[:-1], reps * k)
+        out = ((v * factor).unsqueeze(-2) + bias).reshape(*v.shape[:-1], reps * k)
         return out[..., first:end]
 
     # -- state dicts ----------------------------------------------------------------

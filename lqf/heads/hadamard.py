@@ -90,7 +90,10 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
 
     ``x``: ``(..., k)`` with ``k`` a power of two; returns ``(..., k)``, in
     Sylvester (natural) order, using ``k log2 k`` additions and subtractions
-    per row. ``H_k`` is symmetric, so this is also ``H_k x``.
+    per row. ``H_k`` is symmetric, so this is also ``H_k x``. Stage ``s`` maps
+    each pair ``(a, b)`` at distance ``h = 2^s`` to ``(a + b, a - b)``. Without
+    autograd the stages write into two preallocated buffers (two kernels per
+    stage); with it they build new tensors, which autograd can differentiate.
 
     Example:
         >>> fwht(torch.tensor([1.0, 0.0, 0.0, 0.0]))
@@ -101,13 +104,25 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"fwht needs a power-of-two length, got {k}")
     lead = x.shape[:-1]
     y = x.reshape(-1, k)
-    h = 1
+    if k == 1:
+        return y.clone().reshape(*lead, k)
+    if torch.is_grad_enabled() and x.requires_grad:
+        h = 1
+        while h < k:
+            pairs = y.view(-1, k // (2 * h), 2, h)
+            a, b = pairs[:, :, 0], pairs[:, :, 1]
+            y = torch.stack((a + b, a - b), dim=2)
+            h *= 2
+        return y.reshape(*lead, k)
+    buffers = (torch.empty_like(y), torch.empty_like(y))  # the caller's x is never written
+    src, h, stage = y, 1, 0
     while h < k:
-        pairs = y.view(-1, k // (2 * h), 2, h)
-        a, b = pairs[:, :, 0], pairs[:, :, 1]
-        y = torch.stack((a + b, a - b), dim=2)
-        h *= 2
-    return y.reshape(*lead, k)
+        dst = buffers[stage % 2]
+        p, q = src.view(-1, k // (2 * h), 2, h), dst.view(-1, k // (2 * h), 2, h)
+        torch.add(p[:, :, 0], p[:, :, 1], out=q[:, :, 0])
+        torch.sub(p[:, :, 0], p[:, :, 1], out=q[:, :, 1])
+        src, h, stage = dst, 2 * h, stage + 1
+    return src.reshape(*lead, k)
 
 
 def fold(x: torch.Tensor, k: int) -> torch.Tensor:
