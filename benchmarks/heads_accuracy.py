@@ -132,7 +132,19 @@ def run(tag: str, flags: list[str]) -> dict:
         result = json.load(handle)
     wall = os.path.join(out, "bench_wall.json")
     result["wall_seconds"] = json.load(open(wall))["wall_seconds"] if os.path.isfile(wall) else None
+    result["head_scale"] = trained_scale(out)
     return result
+
+
+def trained_scale(out: str) -> float | None:
+    """The learned scale alpha of a fixed head in a run's weights (``None``: a linear head)."""
+    from safetensors import safe_open
+
+    path = os.path.join(out, "model.safetensors")
+    if not os.path.isfile(path):
+        return None
+    with safe_open(path, "pt") as handle:
+        return float(handle.get_tensor("head.scale")) if "head.scale" in handle.keys() else None
 
 
 def finished(tag: str) -> dict | None:
