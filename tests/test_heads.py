@@ -110,6 +110,13 @@ def test_hadamard_columns_orthogonal_when_period_divides_c() -> None:
     torch.testing.assert_close(w.T @ w, c * torch.eye(d, dtype=torch.float64), **TOL64)
 
 
+def test_hadamard_columns_without_the_constant_row() -> None:
+    d, c = 24, 63  # rows 1..63 of H_64: the full column sums minus row 0
+    w = truncated_hadamard(c, d, torch.float64, offset=1)
+    expected = 64 * torch.eye(d, dtype=torch.float64) - torch.ones(d, d, dtype=torch.float64)
+    torch.testing.assert_close(w.T @ w, expected, **TOL64)
+
+
 def test_hadamard_rows_not_orthogonal_in_general() -> None:
     w = truncated_hadamard(1000, 1280, torch.float64)  # p2(1000) = 1024 does not divide 1280
     off = w @ w.T - 1280 * torch.eye(1000, dtype=torch.float64)
