@@ -319,6 +319,9 @@ NOTES = """Notes:
 - The linear probe with a fixed head fits only α and b on frozen features (closed-form least
   squares): the backbone never learned to align its features with the fixed rows, so this
   row measures how much a probe loses when it cannot choose its directions.
+- The fashion-mnist fine-tuning runs of `fixed-hadamard` computed the head with the fast transform
+  (an earlier switch threshold), the others with the dense product: the two agree to float rounding
+  (tested), so the difference is that of summation order.
 - Train seconds and wall times were measured on a 2-core machine shared with other jobs."""
 
 
