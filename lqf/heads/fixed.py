@@ -28,7 +28,7 @@ exact in every dtype, and ``gain = 1/sqrt(d)``; for the orthogonal head ``M = W`
 (float32 unless moved), ``gain = 1``. ``M`` is
 saved in state dicts unless the head is built with ``compact=True`` (or the
 state dict is taken with :func:`compact_state_dict`); a state dict without it
-loads and the matrix is regenerated from ``(kind, C, d, seed)``. A state dict
+loads and the matrix is regenerated from ``(kind, C, d, seed, row_offset)``. A state dict
 with it is checked against the regenerated matrix, so a wrong seed or kind
 fails loudly. The Hadamard head on its fast path holds no matrix at all.
 
