@@ -21,6 +21,9 @@ import tomllib
 
 from lqf.errors import LqfError
 
+#: ``--head`` values (lqf.heads builds them; kept here so the CLI needs no torch import)
+HEADS = ("linear", "fixed-hadamard", "fixed-orthogonal")
+
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field with a help string (and optional ``choices``)."""
@@ -42,6 +45,12 @@ class FitConfig:
         "data spec: fashion-mnist, animal-mnist, mnist5k, digits, imagefolder:PATH, torchvision:NAME",
     )
     method: str = option("finetune", "training method")
+    head: str = option(
+        "linear",
+        "classifier head: linear (nn.Linear) or a fixed matrix with a learned scale and bias "
+        "(fixed-hadamard, fixed-orthogonal)",
+        choices=HEADS,
+    )
     shots: int | None = option(None, "training images per class (few-shot); default: all")
     val_per_class: int = option(20, "validation images per class, carved from the training pool")
     max_test: int | None = option(None, "evaluate on a fixed stratified subset of this many test images")
@@ -55,6 +64,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (self.head not in HEADS, f"--head must be one of {', '.join(HEADS)}, got {self.head!r}"),
             (self.shots is not None and self.shots < 1, f"--shots must be >= 1, got {self.shots}"),
             (self.val_per_class < 0, f"--val-per-class must be >= 0, got {self.val_per_class}"),
             (not 8 <= self.image_size <= 1024, f"--image-size must be in 8..1024, got {self.image_size}"),

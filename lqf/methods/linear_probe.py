@@ -18,7 +18,8 @@ log-spaced grid ``1e-6 ... 1e4`` unless given: for ridge it is relative to the
 mean non-zero eigenvalue of ``Phi_c^T Phi_c``, for logistic regression it is
 used as is. Without a validation split the default is ``1e-2``.
 The fitted map is written into the model's ``nn.Linear`` head, so the result is
-an ordinary model.
+an ordinary model. With a fixed head (``--head fixed-*``) only its scale and
+bias are fitted, the same two ways (:mod:`lqf.heads.probe`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from torch import nn
 
 from lqf.config import option
 from lqf.errors import LqfError
+from lqf.heads.fixed import FixedClassifier
+from lqf.heads.probe import fit_fixed_head
 from lqf.methods.base import FitContext, Method, register_method
 from lqf.training.evaluate import accuracy, apply
 
@@ -144,8 +147,9 @@ class LinearProbe(Method):
     def fit(self, model: nn.Module, data, ctx: FitContext) -> None:
         o: LinearProbeOptions = self.options
         model.to(ctx.device).eval()
-        if not isinstance(model.head, nn.Linear):
-            raise LqfError("linear-probe needs an nn.Linear head")
+        fixed = isinstance(model.head, FixedClassifier)
+        if not fixed and not isinstance(model.head, nn.Linear):
+            raise LqfError("linear-probe needs an nn.Linear head or a fixed head (--head fixed-*)")
         bs = max(ctx.config.batch_size, 256)
         embed = lambda x: model.embed(x)  # noqa: E731
         train = apply(embed, data.train, batch_size=bs, device=ctx.device, desc="features", quiet=ctx.quiet)
@@ -154,6 +158,12 @@ class LinearProbe(Method):
         rel = [o.ridge] if o.ridge is not None else list(GRID)
         if val is None and o.ridge is None:
             rel = [NO_VALIDATION_DEFAULT]
+        if fixed:  # only the scale and the bias are fitted (lqf.heads.probe)
+            labels = data.val.labels if val is not None else None
+            extra, record = fit_fixed_head(model.head, train, data.train.labels, val, labels, o.probe, rel)
+            ctx.extra.update(extra)
+            ctx.log(record)
+            return
         if o.probe == "ridge":
             scale = mean_eigenvalue(train)
             targets = nn.functional.one_hot(data.train.labels, c).double()

@@ -23,6 +23,7 @@ import torch
 
 from lqf.config import FitConfig, from_dict
 from lqf.errors import LqfError
+from lqf.heads.factory import head_from_spec, head_spec, set_head
 from lqf.methods import FitContext, get_method
 from lqf.models import TransferModel, build_model
 from lqf.runs.rundir import RunDirectory
@@ -86,6 +87,7 @@ def model_info(model: TransferModel, config: FitConfig, classes: list[str]) -> d
         "image_size": config.image_size,
         "input_spec": model.input_spec.to_dict(),
         "head": type(model.head).__name__,
+        "head_spec": head_spec(model.head),
         **({"method_model": model.spec} if getattr(model, "spec", None) is not None else {}),
     }
 
@@ -142,6 +144,7 @@ def fit(
         model = build_model(config.model, len(data.classes), pretrained=config.pretrained, generator=head_rng)
     else:
         model.reset_head(len(data.classes), generator=head_rng)
+    set_head(model, config.head, seed=config.seed)
     # the run directory is made only once data and model are known to load
     run = RunDirectory(out) if out else None
     if run is not None:
@@ -209,6 +212,9 @@ def load_run(path: str) -> tuple[FitConfig, Any, TransferModel, dict[str, Any]]:
         )
     info = read_json(run.file("model.json"))
     model = build_model(config.model, info["num_classes"], pretrained=False)
+    head = head_from_spec(info.get("head_spec", {}))
+    if head is not None:
+        model.set_head(head)
     if "method_model" in info:
         model = method_cls.rebuild(model, info["method_model"], info)
     try:
