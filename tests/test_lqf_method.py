@@ -102,3 +102,16 @@ def test_repair_reduces_the_distillation_loss() -> None:
         generator=torch.Generator().manual_seed(1),
     )
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
+
+
+def test_lqf_with_a_fixed_head_linearizes_scale_and_bias_not_the_matrix(tiny_model_spec, tmp_path) -> None:
+    out = tmp_path / "fixed"
+    options = LQFOptions(solver="kernel", linearize="head", lqf_ridge=0.1)
+    result = fit(_config(tiny_model_spec, head="fixed-orthogonal"), options, out=str(out), quiet=True)
+    lin = result.model.linear
+    head_names = list(lin.names)
+    assert len(head_names) == 2 and all(n.endswith(("scale", "bias")) for n in head_names), head_names
+    _, _, model, _ = load_run(str(out))
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), result.model(x), atol=1e-5)
