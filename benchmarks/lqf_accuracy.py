@@ -193,12 +193,13 @@ def write(results: list[dict], args, seconds: float) -> None:
         "Commands: " + ", ".join(f"`{c}`" for c in payload["commands"]) + ". "
         f"Hardware: {payload['hardware']['cpu']}, "
         f"{payload['hardware']['cores']} cores, torch {payload['hardware']['torch']}. "
-        f"Wall time of the last invocation: {seconds / 60:.0f} min. Train seconds include waiting for "
-        "the CPU: other jobs shared the 2 cores during these runs (see `benchmarks/lqf_cost.md` "
-        "for timings on an idle machine).",
+        + (f"Wall time of the last invocation: {seconds / 60:.0f} min. " if EXECUTED else "")
+        + "Train seconds include waiting for the CPU: other jobs shared the 2 cores during these "
+        "runs, so they are upper bounds. Peak MiB is the peak resident memory of the run's process.",
         "",
         "`efficientnet_lite0` (ImageNet weights), 64 px, 20 validation images per class, full test sets; "
-        "test accuracy in %, mean ± sample std over seeds 0, 1, 2 (the seed changes the few-shot draw, "
+        "test accuracy in %, mean ± sample std over the seeds counted in the table (0, 1, 2, or 0 "
+        "alone; the seed changes the few-shot draw, "
         "the validation draw and the head initialisation; never the test set). Fine-tuning at 10 and "
         "200 shots and the ridge linear probe at 10 and 200 shots come from "
         "`benchmarks/results/baseline.json` (fine-tuning's settings chosen on validation there).",
