@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(HERE, "runs", "lqf")
 sys.path.insert(0, HERE)
-from baseline import hardware  # noqa: E402
+from baseline import hardware, summarise  # noqa: E402
 
 DATA = ("fashion-mnist", "animal-mnist")
 SHOTS = (5, 10, 25, 200)
@@ -83,14 +82,6 @@ def run(tag: str, flags: list[str]) -> dict:
         EXECUTED.append(out)
     with open(metrics) as handle:
         return json.load(handle)
-
-
-def summarise(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": values,
-    }
 
 
 def plan(stages: list[str]) -> list[tuple[str, str, int]]:
