@@ -8,7 +8,7 @@ from torch import nn
 from lqf.curvature import KFAC
 from lqf.linearization import LinearizedModel
 from lqf.solvers import KernelSolver, QuadraticProblem, conjugate_gradient
-from lqf.solvers.jacobian import jacobian
+from lqf.solvers.jacobian import fill_jacobian, jacobian
 from lqf.solvers.minibatch import PreconditionedOptimizer
 
 N, C = 24, 3
@@ -52,6 +52,15 @@ def test_hvp_and_gradient_match_the_dense_matrices() -> None:
     assert torch.allclose(problem.hvp(v), h @ v, atol=1e-12)
     b = jac.T @ problem.residual.reshape(-1) / problem.n
     assert torch.allclose(problem.gradient(v), h @ v - b, atol=1e-12)
+
+
+def test_fill_jacobian_in_small_blocks_equals_the_whole_jacobian() -> None:
+    """Many column groups (one tensor each) and row batches that do not divide N: exact copy."""
+    problem = _problem()
+    ref = jacobian(problem.model, problem.inputs).reshape(problem.n * C, -1)
+    out = torch.full_like(ref, float("nan"))
+    fill_jacobian(problem.model, problem.inputs, out, chunk_mb=1e-6, batch_size=5)
+    assert torch.equal(out, ref)
 
 
 def test_kernel_solver_is_exact() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.func import functional_call, jacrev, vmap
@@ -46,22 +46,31 @@ def parameter_groups(model: LinearizedModel, columns_per_group: int) -> list[lis
     return groups
 
 
-def jacobian_blocks(
+def fill_jacobian(
     model: LinearizedModel,
     x: torch.Tensor,
+    out: torch.Tensor,
     *,
-    memory_mb: float = 1024.0,
+    chunk_mb: float = 256.0,
     batch_size: int = 16,
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield ``(parameter indices, J_group)`` with ``J_group`` of shape ``(N*C, P_group)``.
+) -> torch.Tensor:
+    """Write the dense ``J`` (``(N*C, P)``, rows sample-major) into ``out`` in place.
 
-    Groups are sized so that one ``J_group`` takes at most about
-    ``memory_mb`` (float32), which bounds the memory of the kernel solver.
+    Columns are computed in parameter groups of about ``chunk_mb`` per
+    ``batch_size`` samples and copied straight into ``out``, so the memory
+    beyond ``out`` itself stays about ``chunk_mb`` plus the autograd
+    temporaries of one group.
     """
     n = x.shape[0]
-    with torch.no_grad():
-        c = model.primal(x[:1]).shape[1]
-    columns = max(1, int(memory_mb * 2**20 / 4 / max(1, n * c)))
+    c = out.shape[0] // n
+    columns = max(1, int(chunk_mb * 2**20 / 4 / max(1, batch_size * c)))
+    offsets = [0]
+    for d in model.delta:
+        offsets.append(offsets[-1] + d.numel())
     for group in parameter_groups(model, columns):
-        rows = [jacobian(model, x[i : i + batch_size], group).detach() for i in range(0, n, batch_size)]
-        yield group, torch.cat(rows).reshape(n * c, -1)
+        lo, hi = offsets[group[0]], offsets[group[-1] + 1]
+        for i in range(0, n, batch_size):
+            block = jacobian(model, x[i : i + batch_size], group).detach()
+            b = block.shape[0]
+            out[i * c : (i + b) * c, lo:hi] = block.reshape(b * c, hi - lo)
+    return out

@@ -5,9 +5,10 @@ in the metric ``M``) the minimiser of the LQF loss is
 
     dw = M^{-1} J^T alpha,        alpha = (K + N lam I)^{-1} r,
 
-(push-through identity applied to the normal equations). ``J`` is built in
-column blocks of bounded memory (:func:`~lqf.solvers.jacobian.jacobian_blocks`),
-``K`` accumulated in float64, and one eigendecomposition of ``K`` gives the
+(push-through identity applied to the normal equations). ``J`` is written in
+place in column blocks (:func:`~lqf.solvers.jacobian.fill_jacobian`), so the
+peak memory is ``J`` itself plus one small block; ``K`` is accumulated in
+float64 over column chunks, and one eigendecomposition of ``K`` gives the
 solution for every ``lam`` on a grid at the cost of one ``J^T alpha`` each.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from lqf.errors import LqfError
-from lqf.solvers.jacobian import jacobian_blocks
+from lqf.solvers.jacobian import fill_jacobian
 from lqf.solvers.problem import QuadraticProblem
 
 
@@ -47,13 +48,15 @@ class KernelSolver:
             )
         self.problem = problem
         jac = torch.empty(rows, problem.dim, dtype=problem.dtype)
-        for group, block in jacobian_blocks(problem.model, problem.inputs, memory_mb=memory_mb):
-            lo = sum(problem.sizes[: group[0]])
-            jac[:, lo : lo + block.shape[1]] = block
+        fill_jacobian(problem.model, problem.inputs, jac)
         self.jac = jac
         minv = 1.0 / problem.metric
-        kernel = (jac * minv) @ jac.T
-        self.kernel = kernel.double()
+        kernel = torch.zeros(rows, rows, dtype=torch.float64)
+        step = max(1, int(64 * 2**20 / 4 / max(1, rows)))
+        for lo in range(0, problem.dim, step):
+            block = jac[:, lo : lo + step]
+            kernel += ((block * minv[lo : lo + step]) @ block.T).double()
+        self.kernel = kernel
         self.evals, self.evecs = torch.linalg.eigh(self.kernel)
         self.evals.clamp_(min=0)
         self.r = problem.residual.reshape(-1).double()
