@@ -237,8 +237,34 @@ def main(argv: list[str] | None = None) -> int:
                     r = configuration(setting, data, method, head, train=False)
                     if r is not None:
                         results.append(r)
-    write(results)
+    write(merge_recorded(results))
     return 0
+
+
+def merge_recorded(results: list[dict]) -> list[dict]:
+    """``results`` plus the rows of the committed JSON whose run directories are not here.
+
+    Run directories are a local cache; a row measured earlier stays in the report until its
+    configuration is run again here.
+    """
+    path = os.path.join(RESULTS, "heads_accuracy.json")
+    if not os.path.isfile(path):
+        return results
+    key = lambda r: (r["setting"], r["data"], r["method"], r["head"])  # noqa: E731
+    have = {key(r) for r in results}
+    with open(path) as handle:
+        recorded = [r for r in json.load(handle)["results"] if key(r) not in have]
+    order = {k: i for i, k in enumerate(SETTINGS)}
+    return sorted(
+        results + recorded,
+        key=lambda r: (
+            order[r["setting"]],
+            SETTINGS[r["setting"]]["data"].index(r["data"]),
+            r["method"] != "finetune",
+            r["method"],
+            HEADS.index(r["head"]),
+        ),
+    )
 
 
 def write(results: list[dict]) -> None:
