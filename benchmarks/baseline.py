@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fit_run, hardware, summarise  # noqa: E402, F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -42,7 +42,7 @@ RECIPES = {
     "bn-frozen,head-lr-x10": ["--bn", "frozen", "--head-lr-scale", "10"],
 }
 LRS = ("3e-4", "1e-3", "3e-3")
-EPOCHS = {10: 30, 200: 15}
+EPOCHS = {5: 30, 10: 30, 25: 30, 200: 15}
 BATCH = {10: 32, 200: 64}
 
 
@@ -52,26 +52,10 @@ EXECUTED = []  # run directories trained by this invocation
 def run(tag: str, flags: list[str]) -> dict:
     """One ``lqf fit`` in a subprocess; reuses a finished run directory."""
     out = os.path.join(RUNS, tag)
-    metrics = os.path.join(out, "metrics.json")
-    if not os.path.isfile(metrics):
-        if os.path.isdir(out):
-            import shutil
-
-            shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "lqf", "fit", "--quiet", "--out", out, *flags]
-        print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True)
+    metrics, trained = fit_run(out, flags)
+    if trained:
         EXECUTED.append(out)
-    with open(metrics) as handle:
-        return json.load(handle)
-
-
-def summarise(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": values,
-    }
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--name", default="baseline")
+    parser.add_argument("--no-logistic", action="store_true", help="skip the logistic-regression probe")
     parser.add_argument("--remark", help="a note on this invocation (e.g. a shared machine) for the report")
     args = parser.parse_args(argv)
     lrs, recipes, epochs = LRS, RECIPES, dict(EPOCHS)
@@ -120,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                             "val_accuracy": m["val_accuracy"],
                             # reported only; the selection reads val_accuracy alone
                             "test_accuracy": m["test_accuracy"],
+                            "train_seconds": m["train_seconds"],
                             "flags": ["--lr", lr, *flags],
                         }
                     )
@@ -132,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 "linear-probe (ridge)": ["--method", "linear-probe", "--probe", "ridge"],
                 "linear-probe (logistic)": ["--method", "linear-probe", "--probe", "logistic"],
             }
+            if args.no_logistic:
+                del methods["linear-probe (logistic)"]
             for label, flags in methods.items():
                 per_seed = []
                 for seed in args.seeds:
@@ -173,26 +161,6 @@ NOTES = """Notes:
   Train seconds are wall time of the run on the machine named above."""
 
 
-def hardware() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": "cpu",
-    }
-
-
 def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None:
     os.makedirs(RESULTS, exist_ok=True)
     previous = os.path.join(RESULTS, f"{args.name}.json")
@@ -203,7 +171,7 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
         seconds = kept.get("wall_seconds", seconds)
         if args.remark is None:
             args.remark = kept.get("remark")
-    command = "python benchmarks/baseline.py" + (" --quick" if args.quick else "")
+    command = " ".join(["python benchmarks/baseline.py", *sys.argv[1:]])
     payload = {
         "command": command,
         "hardware": hardware(),

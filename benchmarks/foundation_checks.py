@@ -92,7 +92,7 @@ def main() -> int:
                 demo[method] = {k: m[k] for k in ("test_accuracy", "train_seconds", "n_train", "n_test")}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from baseline import hardware
+    from common import hardware
 
     payload = {
         "command": "python benchmarks/foundation_checks.py",

@@ -41,15 +41,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(HERE, "runs", "heads")
 sys.path.insert(0, HERE)
+from common import fit_run, hardware, summarise  # noqa: E402
 
 HEADS = ("linear", "fixed-hadamard", "fixed-orthogonal")
 SEEDS = (0, 1, 2)
@@ -116,22 +115,8 @@ def scratch_model(seed: int) -> str:
 def run(tag: str, flags: list[str]) -> dict:
     """One ``lqf fit`` in a subprocess; reuses a finished run directory."""
     out = os.path.join(RUNS, tag)
-    metrics = os.path.join(out, "metrics.json")
-    if not os.path.isfile(metrics):
-        if os.path.isdir(out):
-            import shutil
-
-            shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "lqf", "fit", "--quiet", "--out", out, *flags]
-        print("$", " ".join(cmd[1:]), flush=True)
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        with open(os.path.join(out, "bench_wall.json"), "w") as handle:
-            json.dump({"wall_seconds": time.perf_counter() - start}, handle)
-    with open(metrics) as handle:
-        result = json.load(handle)
-    wall = os.path.join(out, "bench_wall.json")
-    result["wall_seconds"] = json.load(open(wall))["wall_seconds"] if os.path.isfile(wall) else None
+    result, _ = fit_run(out, flags)
+    result.setdefault("wall_seconds", None)
     result["head_scale"] = trained_scale(out)
     return result
 
@@ -152,14 +137,6 @@ def finished(tag: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     return run(tag, [])
-
-
-def summarise(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": values,
-    }
 
 
 def configuration(setting: str, data: str, method: str, head: str, train: bool) -> dict | None:
@@ -268,8 +245,6 @@ def merge_recorded(results: list[dict]) -> list[dict]:
 
 
 def write(results: list[dict]) -> None:
-    from baseline import hardware
-
     os.makedirs(RESULTS, exist_ok=True)
     wall = sum(r["wall_seconds"] for r in results)
     payload = {

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     table = main_table(args.d, args.classes, args.batch)
     grid = switch_grid(args.batch)
-    from baseline import hardware
+    from common import hardware
 
     payload = {
         "command": "python benchmarks/heads_speed.py",

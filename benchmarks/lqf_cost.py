@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"step": lambda: step_one(*rest), "solvers": solvers_one, "predict": predict_one}[part]()
         print(json.dumps(result))
         return 0
-    from baseline import hardware
+    from common import hardware
 
     path = os.path.join(RESULTS, "lqf_cost.json")
     payload = json.load(open(path)) if os.path.isfile(path) else {}

@@ -42,7 +42,7 @@ RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(HERE, "runs", "pruning")
 sys.path.insert(0, HERE)
 
-from baseline import hardware  # noqa: E402
+from common import hardware  # noqa: E402
 
 #: fine-tuning learning rate chosen on validation at 200 shots/class (benchmarks/results/baseline.md)
 FINETUNE_LR = {"fashion-mnist": "3e-3", "animal-mnist": "1e-3"}

@@ -1,0 +1,76 @@
+"""What the benchmark scripts share: cached ``lqf fit`` runs, summaries, the hardware record."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fit_run(out: str, flags: list[str], *, lock: str | None = None) -> tuple[dict, bool]:
+    """``python -m lqf fit --out OUT FLAGS`` in a subprocess, unless ``OUT`` already finished.
+
+    A run directory without ``metrics.json`` (an interrupted run) is removed and run again, so
+    a benchmark resumes where it stopped. ``lock``: a file for ``flock``, so that CPU-heavy runs
+    of several scripts on one machine go one at a time. The wall time of a run trained here is
+    kept in ``OUT/bench_wall.json``. Returns the run's metrics (with ``wall_seconds`` when known)
+    and whether it was trained by this call.
+    """
+    metrics = os.path.join(out, "metrics.json")
+    trained = False
+    if not os.path.isfile(metrics):
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        cmd = [sys.executable, "-m", "lqf", "fit", "--quiet", "--out", out, *flags]
+        if lock:
+            cmd = ["flock", lock, *cmd]
+        print("$", " ".join(cmd), flush=True)
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        with open(os.path.join(out, "bench_wall.json"), "w") as handle:
+            json.dump({"wall_seconds": time.perf_counter() - start}, handle)
+        trained = True
+    with open(metrics) as handle:
+        result = json.load(handle)
+    wall = os.path.join(out, "bench_wall.json")
+    if os.path.isfile(wall):
+        with open(wall) as handle:
+            result["wall_seconds"] = json.load(handle)["wall_seconds"]
+    return result, trained
+
+
+def summarise(values: list[float]) -> dict:
+    """Mean, sample standard deviation (0 for one value) and the values."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
+def hardware() -> dict:
+    """CPU model, core count, torch threads and versions, for every results file."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": "cpu",
+    }
