@@ -53,7 +53,7 @@ FINETUNE = ["--method", "finetune", "--lr", "3e-4", "--bn", "frozen", "--head-lr
 METHODS = {
     "linear-probe": ["--method", "linear-probe", "--probe", "ridge"],
     "finetune": [*FINETUNE, "--epochs", "30", "--batch-size", "32"],
-    "lqf": ["--method", "lqf", "--linearize", "last-2"],
+    "lqf": ["--method", "lqf", "--linearize", "last-2", "--kernel-memory-mb", "2048"],
 }
 EXECUTED: list[str] = []
 

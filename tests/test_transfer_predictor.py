@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+from lqf.cli.main import main
 from lqf.errors import LqfError
 from lqf.linearization import LinearizedModel
 from lqf.methods.linear_probe import mean_eigenvalue, ridge_direct
@@ -245,3 +247,31 @@ def test_leep_hand_computed() -> None:
     assert tr.leep(torch.eye(3, dtype=torch.float64), torch.tensor([2, 0, 1])) == pytest.approx(
         0.0, abs=1e-15
     )
+
+
+def test_cli_transfer_scores_and_errors(tiny_model_spec: str, image_folder, capsys) -> None:
+    args = ["theory", "transfer", "--data", "digits", "--shots", "2", "--image-size", "32", "--json"]
+    assert main([*args, "--model", "efficientnet_lite0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["folds"] == 2 and out["leep"] < 0 and math.isfinite(out["logme"])
+    assert out["gain_mse"] == pytest.approx(out["probe_mse"] - out["tangent_mse"])
+    for bad, fragment in (
+        (["--shots", "1"], "--shots must be >= 2"),
+        (["--folds", "1"], "--folds must be >= 2"),
+        (
+            [
+                "--model",
+                tiny_model_spec,
+                "--data",
+                f"imagefolder:{image_folder}",
+                "--val-per-class",
+                "0",
+                "--shots",
+                "3",
+            ],
+            "conv_head",
+        ),
+    ):
+        code = main(["theory", "transfer", *bad])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(err) == 1 and fragment in err[0], err
