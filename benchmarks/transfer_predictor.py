@@ -127,8 +127,9 @@ def scores(model: str, data: str, shots: int, seed: int) -> dict:
 #: scores reported against the gains: key in the scores dict -> label
 SCORES = {
     "gain_mse": "tangent gain (squared error, ours)",
-    "gain_gd_mse": "tangent gain, GD limit (ours)",
     "gain_accuracy": "tangent gain (accuracy, ours)",
+    "gain_gd_mse": "tangent gain, GD limit (squared error, ours)",
+    "gain_gd_accuracy": "tangent gain, GD limit (accuracy, ours)",
     "logme": "LogME",
     "leep": "LEEP",
     "probe_accuracy": "cross-fitted probe accuracy",
@@ -236,7 +237,9 @@ def correlations(rows: list[dict]) -> list[dict]:
                 (r["scores"][score], r[target]) for r in rows if target in r and score in r.get("scores", {})
             ]
             pts = [(a, b) for a, b in pts if a is not None and not math.isnan(a)]
-            if len(pts) >= 4:
+            if len(pts) >= 4 and len({a for a, _ in pts}) == 1:
+                out.append({"target": target, "score": score, "n": len(pts), "constant": pts[0][0]})
+            elif len(pts) >= 4:
                 stats = rank_stats([a for a, _ in pts], [b for _, b in pts])
                 out.append({"target": target, "score": score, **stats})
     return out
@@ -335,6 +338,12 @@ def write_markdown(payload: dict) -> None:
             "|---|---|---|---|---|---|---|---|",
         ]
         for c in payload[key]:
+            if "constant" in c:
+                lines.append(
+                    f"| {TARGETS[c['target']]} | {SCORES[c['score']]} | {c['n']} "
+                    f"| undefined: the score is {c['constant']:g} at every point | | | | |"
+                )
+                continue
             lo, hi = c["spearman_ci95"]
             lines.append(
                 f"| {TARGETS[c['target']]} | {SCORES[c['score']]} | {c['n']} | {c['spearman']:+.2f} "

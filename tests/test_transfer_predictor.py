@@ -146,6 +146,9 @@ def test_cross_fit_matches_parameter_space_reference() -> None:
     assert out["tangent_mse"] == pytest.approx(tangent_ref[out["tangent_ridge_relative"]], rel=1e-8)
     assert out["tangent_gd_mse"] == pytest.approx(tangent_ref[tangent_grid[0]], rel=1e-8)
     assert out["gain_mse"] == pytest.approx(out["probe_mse"] - out["tangent_mse"], abs=1e-15)
+    # lambda = inf: no update, the linearized model predicts exactly as the probe
+    still = tr.cross_fit(feats, labels, 3, folds=4, seed=5, probe_grid=probe_grid, tangent_grid=(math.inf,))
+    assert still["tangent_mse"] == still["probe_mse"] and still["gain_mse"] == 0.0
 
 
 def test_stratified_folds_partition_and_balance() -> None:

@@ -36,9 +36,10 @@ from torch import nn
 from lqf.errors import LqfError
 
 #: relative ridge grids: probe (relative to the mean non-zero eigenvalue of Phi_c^T Phi_c, as
-#: the linear probe) and tangent model (relative to the mean eigenvalue of the tangent kernel)
+#: the linear probe) and tangent model (relative to the mean eigenvalue of the tangent kernel;
+#: ``inf`` is "no update": the linearized model stays at the probe)
 PROBE_GRID = tuple(10.0**k for k in range(-6, 5))
-TANGENT_GRID = tuple(10.0**k for k in range(-6, 3))
+TANGENT_GRID = (*(10.0**k for k in range(-6, 3)), math.inf)
 
 
 @dataclass
@@ -228,15 +229,17 @@ def cross_fit(
        ``R_T = Y_T - f0(T)`` by kernel ridge with the tangent kernel ``K`` of
        :func:`tangent_kernel` at ``W`` (the ridge-towards-``w0`` solution of the paper's setting,
        in function space): ``f(F) = f0(F) + K_FT (K_TT + lambda s I)^{-1} R_T`` with ``s`` the
-       mean eigenvalue of ``K_TT``; ``lambda -> 0`` is the GD limit ``w0 + J^+ (Y - f0)``.
+       mean eigenvalue of ``K_TT``; ``lambda -> 0`` is the GD limit ``w0 + J^+ (Y - f0)``
+       (the first grid value stands for it), ``lambda = inf`` leaves ``f = f0``.
 
     The squared error is ``sum_c (f_c(x) - y_c)^2`` per image, averaged over all held-out
     images; ``lambda`` of each model is the grid value with the least K-fold squared error.
 
     Returns:
         a dict with ``probe_mse``, ``tangent_mse``, ``tangent_gd_mse`` (smallest ``lambda``),
-        the matching accuracies, the chosen relative ``lambda``s and ``gain_mse =
-        probe_mse - tangent_mse``, ``gain_accuracy = tangent_accuracy - probe_accuracy``.
+        the matching accuracies, the chosen relative ``lambda``s and the gains ``gain_mse =
+        probe_mse - tangent_mse``, ``gain_gd_mse = probe_mse - tangent_gd_mse``,
+        ``gain_accuracy = tangent_accuracy - probe_accuracy`` and ``gain_gd_accuracy``.
     """
     n = len(labels)
     y = nn.functional.one_hot(labels, num_classes).double()
@@ -270,6 +273,9 @@ def cross_fit(
         s = float(evals.mean())
         proj = evecs.T @ resid
         for r, rel in enumerate(tangent_grid):
+            if math.isinf(rel):
+                tan_pred[r, held] = f0[held]
+                continue
             alpha = evecs @ (proj / (evals + rel * s))
             tan_pred[r, held] = f0[held] + (kft @ alpha).reshape(len(held), num_classes)
     tan_mse = ((tan_pred - y) ** 2).sum(2).mean(1)
@@ -292,6 +298,7 @@ def cross_fit(
     out["gain_mse"] = out["probe_mse"] - out["tangent_mse"]
     out["gain_gd_mse"] = out["probe_mse"] - out["tangent_gd_mse"]
     out["gain_accuracy"] = out["tangent_accuracy"] - out["probe_accuracy"]
+    out["gain_gd_accuracy"] = out["tangent_gd_accuracy"] - out["probe_accuracy"]
     return out
 
 
