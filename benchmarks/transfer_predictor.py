@@ -241,38 +241,72 @@ def correlations(rows: list[dict]) -> list[dict]:
                 out.append({"target": target, "score": score, "n": len(pts), "constant": pts[0][0]})
             elif len(pts) >= 4:
                 stats = rank_stats([a for a, _ in pts], [b for _, b in pts])
-                out.append({"target": target, "score": score, **stats})
+                distinct = len({a for a, _ in pts})
+                out.append({"target": target, "score": score, **stats, "distinct_scores": distinct})
+    return out
+
+
+def within_data(rows: list[dict]) -> list[dict]:
+    """Spearman rho inside each data set (its models x seeds): does a score rank the models?"""
+    from scipy import stats
+
+    out = []
+    for data in sorted({r["data"] for r in rows}):
+        part = [r for r in rows if r["data"] == data and "scores" in r]
+        for target in ("acc_finetune", "gain_finetune"):
+            for score in ("logme", "leep", "gain_gd_mse", "probe_accuracy"):
+                pts = [(r["scores"][score], r[target]) for r in part if target in r]
+                if len(pts) >= 4 and len({a for a, _ in pts}) > 1:
+                    rho = stats.spearmanr([a for a, _ in pts], [b for _, b in pts]).statistic
+                    out.append(
+                        {"data": data, "target": target, "score": score, "n": len(pts), "spearman": rho}
+                    )
     return out
 
 
 def plot(rows: list[dict], path: str) -> None:
+    """Measured gains against the scores, one marker per point (the tuned tangent gain is not
+    plotted when it is constant)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("gain_mse", "tangent gain (ours)"), ("logme", "LogME"), ("leep", "LEEP")]
+    panels = [
+        ("gain_gd_mse", "gain_finetune", "tangent gain, GD limit (ours)"),
+        ("gain_gd_mse", "gain_lqf", "tangent gain, GD limit (ours)"),
+        ("logme", "gain_finetune", "LogME"),
+        ("leep", "gain_finetune", "LEEP"),
+    ]
+    tuned = {r["scores"]["gain_mse"] for r in rows if "scores" in r}
+    if len(tuned) > 1:
+        panels.insert(0, ("gain_mse", "gain_finetune", "tangent gain (ours)"))
     markers = {"fashion-mnist": "o", "animal-mnist": "s", "mnist5k": "^", "digits": "D"}
     colours = {"efficientnet_lite0": "C0", "efficientnet_lite1": "C1", "efficientnet_lite2": "C2"}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
-    for ax, (key, label) in zip(axes, panels, strict=True):
+    cols = 2 if len(panels) == 4 else 3
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (key, target, label) in zip(axes.flat, panels, strict=False):
         for r in rows:
-            if "gain_finetune" in r and r.get("scores", {}).get(key) is not None:
+            if target in r and r.get("scores", {}).get(key) is not None:
                 ax.scatter(
                     r["scores"][key],
-                    100 * r["gain_finetune"],
+                    100 * r[target],
                     marker=markers.get(r["data"], "o"),
                     color=colours.get(r["model"], "k"),
                     s=28,
                 )
         ax.axhline(0, color="grey", lw=0.6)
-        ax.set_xlabel(f"{label} (training split)")
-        ax.set_ylabel("test accuracy gain of fine-tuning over probe (points)")
-    handles = [plt.Line2D([], [], marker=m, ls="", color="k", label=d) for d, m in markers.items()] + [
+        ax.set_xlabel(f"{label}, training split")
+        ax.set_ylabel(("fine-tuning" if target == "gain_finetune" else "LQF") + " - probe (test points)")
+    handles = [plt.Line2D([], [], marker=m, ls="", color="k", label=d) for d, m in markers.items()]
+    handles += [
         plt.Line2D([], [], marker="o", ls="", color=c, label=m.replace("efficientnet_", ""))
         for m, c in colours.items()
     ]
-    axes[-1].legend(handles=handles, fontsize=7, loc="best")
+    axes.flat[0].legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -297,6 +331,7 @@ def report(args: argparse.Namespace, seconds: float) -> None:
         "seed_means": means,
         "correlations_points": correlations(rows),
         "correlations_seed_means": correlations(means),
+        "correlations_within_data": within_data(rows),
     }
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "transfer_predictor.json"), "w") as handle:
@@ -345,13 +380,31 @@ def write_markdown(payload: dict) -> None:
                 )
                 continue
             lo, hi = c["spearman_ci95"]
+            n = f"{c['n']}" + (f" ({c['distinct_scores']} distinct)" if c["distinct_scores"] < c["n"] else "")
             lines.append(
-                f"| {TARGETS[c['target']]} | {SCORES[c['score']]} | {c['n']} | {c['spearman']:+.2f} "
+                f"| {TARGETS[c['target']]} | {SCORES[c['score']]} | {n} | {c['spearman']:+.2f} "
                 f"| {c['spearman_p']:.3f} | [{lo:+.2f}, {hi:+.2f}] | {c['kendall']:+.2f} "
                 f"| {c['kendall_p']:.3f} |"
             )
         lines.append("")
     lines += [
+        "### Inside each data set (its models x seeds)",
+        "",
+        "Spearman rho only (6 points each: no p-values worth quoting).",
+        "",
+        "| data | target | LogME | LEEP | tangent gain, GD limit | cross-fitted probe accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    within = payload["correlations_within_data"]
+    for data in sorted({w["data"] for w in within}):
+        for target in ("acc_finetune", "gain_finetune"):
+            cells = []
+            for score in ("logme", "leep", "gain_gd_mse", "probe_accuracy"):
+                hit = [w for w in within if (w["data"], w["target"], w["score"]) == (data, target, score)]
+                cells.append(f"{hit[0]['spearman']:+.2f} (n={hit[0]['n']})" if hit else "-")
+            lines.append(f"| {data} | {TARGETS[target]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         "## Points",
         "",
         "| model | data | shots | seed | probe | fine-tune | LQF | gain FT | gain LQF | tangent gain (MSE) "
