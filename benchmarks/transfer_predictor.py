@@ -315,7 +315,12 @@ def plot(rows: list[dict], path: str) -> None:
 def report(args: argparse.Namespace, seconds: float) -> None:
     rows = collect(args)
     means = seed_means(rows)
+    previous = os.path.join(RESULTS, "transfer_predictor.json")
+    if args.remark is None and os.path.isfile(previous):
+        with open(previous) as handle:
+            args.remark = json.load(handle).get("remark")
     payload = {
+        "remark": args.remark,
         "command": "python benchmarks/transfer_predictor.py",
         "hardware": hardware(),
         "settings": {
@@ -346,8 +351,8 @@ def write_markdown(payload: dict) -> None:
         "# Transfer predictor: training-split scores vs the measured gain of fine-tuning",
         "",
         f"Command: `{payload['command']}`. Hardware: {hw['cpu']}, {hw['cores']} cores (every process "
-        f"pinned to one core, one thread), torch {hw['torch']} on the CPU. Wall time of the last invocation "
-        f"{payload['wall_seconds'] / 60:.0f} min (runs already cached are not retrained).",
+        f"pinned to one core, one thread), torch {hw['torch']} on the CPU. "
+        + (payload["remark"] or f"Wall time of the last invocation {payload['wall_seconds'] / 60:.0f} min."),
         "",
         f"{IMAGE_SIZE} px, {VAL_PER_CLASS} validation images per class, test sets capped at {MAX_TEST} "
         "images (fixed stratified subset). Accuracies in %; gains in accuracy points (test accuracy of "
@@ -421,10 +426,37 @@ def write_markdown(payload: dict) -> None:
             f"| {r['model'].replace('efficientnet_', '')} | {r['data']} | {r['shots']} | {r['seed']} "
             f"| {f(r.get('acc_probe'))} | {f(r.get('acc_finetune'))} | {f(r.get('acc_lqf'))} "
             f"| {f(r.get('gain_finetune'), fmt='{:+.2f}')} | {f(r.get('gain_lqf'), fmt='{:+.2f}')} "
-            f"| {f(s.get('gain_mse'), 1.0, '{:+.4f}')} | {f(s.get('gain_accuracy'), fmt='{:+.1f}')} "
+            f"| {f(s.get('gain_mse'), 1.0, '{:+.1e}')} | {f(s.get('gain_accuracy'), fmt='{:+.1f}')} "
             f"| {f(s.get('probe_accuracy'), fmt='{:.1f}')} | {f(s.get('logme'), 1.0, '{:.3f}')} "
             f"| {f(s.get('leep'), 1.0, '{:.3f}')} | {f(s.get('seconds'), 1.0, '{:.0f}')} "
             f"| {f(s.get('peak_memory_mb'), 1.0, '{:.0f}')} |"
+        )
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "Train seconds of each `lqf fit` run (training only, not the test evaluation) and the peak "
+        "resident memory of its process; the scores' seconds include loading the data and the model. "
+        "Every process ran pinned to one core with one thread, and up to three of them shared that "
+        "core at times, so seconds are upper bounds.",
+        "",
+        "| what | runs | mean s | max s | max peak MiB |",
+        "|---|---|---|---|---|",
+    ]
+    pts = payload["points"]
+    for label, key in (("linear probe", "probe"), ("fine-tuning", "finetune"), ("LQF", "lqf")):
+        secs = [r[f"seconds_{key}"] for r in pts if f"seconds_{key}" in r]
+        mems = [r[f"peak_mb_{key}"] for r in pts if f"peak_mb_{key}" in r]
+        if secs:
+            lines.append(
+                f"| {label} | {len(secs)} | {sum(secs) / len(secs):.0f} | {max(secs):.0f} | {max(mems):.0f} |"
+            )
+    secs = [r["scores"]["seconds"] for r in pts if "scores" in r]
+    mems = [r["scores"].get("peak_memory_mb", 0.0) for r in pts if "scores" in r]
+    if secs:
+        lines.append(
+            f"| scores (all three) | {len(secs)} | {sum(secs) / len(secs):.0f} | {max(secs):.0f} "
+            f"| {max(mems):.0f} (one process for all points) |"
         )
     lines += ["", "![scatter](transfer_predictor.png)", ""]
     with open(os.path.join(RESULTS, "transfer_predictor.md"), "w") as handle:
@@ -440,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="+", default=list(DATA))
     parser.add_argument("--shots", nargs="+", type=int, default=list(SHOTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--remark", help="a note for the report (e.g. wall times of earlier invocations)")
     args = parser.parse_args(argv)
     started = time.time()
     if "scores" in args.stages:
