@@ -1,8 +1,9 @@
 """``lqf theory``: figures and expected-risk calculations of the linear-teacher theory.
 
 Subcommands: ``list`` (the figures), ``figure NAME|all --out DIR`` (regenerate a figure as
-``DIR/NAME.png`` + ``DIR/NAME.csv``) and ``risk`` (expected target risk of fine-tuning,
-training from scratch and ridge for one Gaussian task pair: Monte Carlo and closed forms).
+``DIR/NAME.png`` + ``DIR/NAME.csv``), ``risk`` (expected target risk of fine-tuning,
+training from scratch and ridge for one Gaussian task pair: Monte Carlo and closed forms) and
+``transfer`` (transferability scores of a pretrained model on a few-shot training split).
 """
 
 from __future__ import annotations
@@ -48,6 +49,23 @@ def add_theory_parser(sub: argparse._SubParsersAction) -> None:
     risk.add_argument("--draws", type=int, default=1000, help="Monte Carlo draws")
     risk.add_argument("--seed", type=int, default=0)
     risk.set_defaults(func=cmd_theory_risk)
+
+    tr = tsub.add_parser(
+        "transfer",
+        help="transferability scores on a few-shot training split (tangent gain, LogME, LEEP)",
+        description="Scores computed on the training split alone: the cross-fitted risk of the "
+        "ridge probe and of the network linearized in head + last block, their difference "
+        "(predicted gain of linearized fine-tuning over the probe), LogME and LEEP.",
+    )
+    tr.add_argument("--model", default="efficientnet_lite0", help="model spec (as lqf fit)")
+    tr.add_argument("--data", default="fashion-mnist", help="data spec (as lqf fit)")
+    tr.add_argument("--shots", type=int, default=10, help="training images per class (>= 2)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and the folds")
+    tr.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    tr.add_argument("--val-per-class", type=int, default=20, help="as lqf fit (sets the same draw)")
+    tr.add_argument("--folds", type=int, default=10, help="cross-fitting folds (>= 2)")
+    tr.add_argument("--json", action="store_true", help="print the scores as JSON")
+    tr.set_defaults(func=cmd_theory_transfer)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -134,4 +152,54 @@ def cmd_theory_risk(args: argparse.Namespace) -> int:
             f"{name:20s} {est.mean:12.6g} {'+-' + format(est.half_width, '.3g'):>12s} "
             f"{closed:>12s} {det:>12s}"
         )
+    return 0
+
+
+def cmd_theory_transfer(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from lqf.data import load_data
+    from lqf.models import build_model
+    from lqf.theory.transfer import transfer_scores
+
+    if args.shots < 2:
+        raise LqfError(f"--shots must be >= 2 (cross-fitting holds images out), got {args.shots}")
+    if args.folds < 2:
+        raise LqfError(f"--folds must be >= 2, got {args.folds}")
+    data = load_data(
+        args.data,
+        image_size=args.image_size,
+        shots=args.shots,
+        val_per_class=args.val_per_class,
+        seed=args.seed,
+        max_test=1,
+    )
+    model = build_model(args.model, len(data.classes))
+    images = torch.cat([x for x, _ in data.train.batches(256)])
+    folds = min(args.folds, args.shots)
+    out = transfer_scores(
+        model,
+        images,
+        data.train.labels,
+        len(data.classes),
+        model_name=args.model,
+        folds=folds,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    n = len(data.train.labels)
+    print(f"{args.model} on {args.data}: {n} training images, {args.shots} per class, seed {args.seed}")
+    print(f"cross-fitted ({out['folds']} folds) squared error / accuracy on held-out training images:")
+    print(f"  ridge probe                 {out['probe_mse']:.4f}  {100 * out['probe_accuracy']:.1f}%")
+    print(f"  linearized head+last block  {out['tangent_mse']:.4f}  {100 * out['tangent_accuracy']:.1f}%")
+    print(
+        f"  same, GD limit (lambda->0)  {out['tangent_gd_mse']:.4f}  {100 * out['tangent_gd_accuracy']:.1f}%"
+    )
+    print(f"tangent gain (probe - linearized squared error): {out['gain_mse']:+.4f}")
+    print(f"LogME: {out['logme']:.4f}")
+    print("LEEP: " + (f"{out['leep']:.4f}" if out["leep"] is not None else "n/a (no source classifier)"))
     return 0
