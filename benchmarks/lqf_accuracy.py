@@ -12,7 +12,7 @@ Stages (``--stages``):
   strength on the validation split, never on test); fine-tuning and the ridge
   linear probe at these sizes are read from ``benchmarks/results/baseline.json``
   (same protocol, seeds and test sets);
-* ``ablations`` (fashion-mnist, 10 shots): Leaky-ReLU (slopes 0.01 and 0.1; at 0.1 with and without
+* ``ablations`` (10 shots): Leaky-ReLU (slopes 0.01 and 0.1; at 0.1 with and without
   the ReLU6 clip, and repaired by 100 distillation steps); the mini-batch route
   (preconditioned SGD, 30 epochs) with K-FAC, without it, and with cross-entropy
   instead of MSE;
@@ -77,7 +77,7 @@ def plan(stages: list[str]) -> list[tuple[str, str, int]]:
     if "main" in stages:
         out += [("lqf", d, shots) for shots in (10, 200) for d in DATA]
     if "ablations" in stages:
-        out += [(v, "fashion-mnist", 10) for v in VARIANTS if v.startswith("lqf") and v != "lqf"]
+        out += [(v, d, 10) for d in DATA for v in VARIANTS if v.startswith("lqf") and v != "lqf"]
     if "fewshot" in stages:
         out += [("lqf", d, s) for s in (5, 25) for d in DATA]
     return out
@@ -98,11 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", nargs="+", default=["main", "ablations", "fewshot"])
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--shots", nargs="+", type=int, help="only these training sizes")
+    parser.add_argument("--data", nargs="+", choices=DATA, help="only these data sets")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these methods")
     parser.add_argument("--cached", action="store_true", help="report finished runs only; train nothing")
     args = parser.parse_args(argv)
     started = time.time()
     results = []
     for variant, data, shots in plan(args.stages):
+        if (args.shots and shots not in args.shots) or (args.data and data not in args.data):
+            continue
+        if args.variants and variant not in args.variants:
+            continue
         per_seed = []
         seeds_done = []
         for seed in args.seeds:
@@ -132,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             if key in per_seed[0]:
                 row[key] = [m.get(key) for m in per_seed]
         results.append(row)
-        write(results, args, time.time() - started)
-    write(results, args, time.time() - started)
+        write(results, args, time.time() - started, argv)
+    write(results, args, time.time() - started, argv)
     return 0
 
 
-def write(results: list[dict], args, seconds: float) -> None:
+def write(results: list[dict], args, seconds: float, argv: list[str] | None = None) -> None:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, "lqf_accuracy.json")
     if os.path.isfile(path):  # keep rows of other stages and earlier invocations
@@ -153,9 +160,7 @@ def write(results: list[dict], args, seconds: float) -> None:
     else:
         commands = []
     rows = results + [r for r in baseline_finetune() if r["shots"] in SHOTS]
-    command = "python benchmarks/lqf_accuracy.py --stages " + " ".join(args.stages)
-    if args.seeds != list(SEEDS):
-        command += " --seeds " + " ".join(map(str, args.seeds))
+    command = " ".join(["python benchmarks/lqf_accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     commands = [c for c in commands if c != command] + [command]
     payload = {
         "commands": commands,
