@@ -56,6 +56,19 @@ def test_sgd_route_with_ablation_switches_runs(tiny_model_spec, tmp_path) -> Non
         assert result.metrics["preconditioner"] == pre
 
 
+def test_sgd_route_stops_with_one_line_when_it_diverges(tiny_model_spec, tmp_path, capsys) -> None:
+    """A far too large step makes the convex loss explode: a clear error naming --lqf-lr, no garbage model."""
+    out = tmp_path / "diverged"
+    code, _, err = run_cli(
+        ["fit", "--model", tiny_model_spec, "--data", "digits", "--image-size", "16", "--shots", "6"]
+        + ["--val-per-class", "4", "--max-test", "60", "--method", "lqf", "--solver", "sgd"]
+        + ["--linearize", "last-1", "--lqf-lr", "1e6", "--epochs", "5", "--quiet", "--out", str(out)],
+        capsys,
+    )
+    assert_one_line_error(code, err, "diverging", "--lqf-lr")
+    assert not (out / "metrics.json").exists()
+
+
 def test_linearized_subsets() -> None:
     model = build_model("efficientnet_lite0", 3, pretrained=False)
     last = select_linearized(model, "last-2")

@@ -106,4 +106,7 @@ def fit_minibatch(model: LQFModel, data, ctx: FitContext, options, inputs: torch
             return 0.5 * (out - t).pow(2).sum(dim=1).mean()
     else:
         loss_fn = nn.functional.cross_entropy
-    train_epochs(model, data, ctx, optimizer=optimizer, loss_fn=loss_fn, desc="lqf")
+    # the objective is convex: a batch loss 1e4 times the first one can only mean divergence
+    train_epochs(
+        model, data, ctx, optimizer=optimizer, loss_fn=loss_fn, desc="lqf", divergence=1e4, lr_flag="--lqf-lr"
+    )

@@ -58,6 +58,8 @@ def train_epochs(
     loss_fn: LossFn = nn.functional.cross_entropy,
     set_train_mode: Callable[[nn.Module], None] | None = None,
     desc: str = "train",
+    divergence: float | None = None,
+    lr_flag: str = "--lr",
 ) -> None:
     """Train ``model`` for ``ctx.config.epochs`` epochs, resumable.
 
@@ -72,15 +74,20 @@ def train_epochs(
         set_train_mode: puts the model in training mode (default
             ``model.train()``); e.g. keeps BatchNorm frozen.
         desc: progress-bar label.
+        divergence: stop when a batch loss exceeds this many times the first
+            batch loss of this call (``None``: only NaN/infinity stop it); for
+            convex objectives, where such growth can only mean divergence.
+        lr_flag: the learning-rate flag the error messages name.
 
     Raises:
-        NonFiniteLossError: the loss became NaN or infinite; the checkpoint of
-            the last finished epoch is kept.
+        NonFiniteLossError: the loss became NaN or infinite, or grew past
+            ``divergence``; the checkpoint of the last finished epoch is kept.
     """
     cfg = ctx.config
     device = ctx.device
     first = _resume(ctx, model, optimizer, scheduler)
     steps = data.train.num_batches(cfg.batch_size)
+    reference: float | None = None
     for epoch in range(first, cfg.epochs + 1):
         start = time.perf_counter()
         (set_train_mode or nn.Module.train)(model)
@@ -92,7 +99,11 @@ def train_epochs(
             logits = model(x)
             loss = loss_fn(logits, y)
             if not torch.isfinite(loss):
-                raise _non_finite(ctx, epoch, step, loss.item())
+                raise _non_finite(ctx, epoch, step, loss.item(), lr_flag)
+            value = loss.item()
+            reference = value if reference is None else reference
+            if divergence is not None and value > divergence * max(reference, 1e-12):
+                raise _non_finite(ctx, epoch, step, value, lr_flag, start=reference)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -127,11 +138,14 @@ def train_epochs(
             ctx.on_epoch_end(epoch)
 
 
-def _non_finite(ctx: FitContext, epoch: int, step: int, value: float) -> NonFiniteLossError:
+def _non_finite(
+    ctx: FitContext, epoch: int, step: int, value: float, lr_flag: str = "--lr", start: float | None = None
+) -> NonFiniteLossError:
     kept = ""
     if ctx.run is not None and epoch > 1:
         kept = f"; the checkpoint of epoch {epoch - 1} is kept in {ctx.run.path}"
+    what = f"became {value}" if start is None else f"grew from {start:.3g} to {value:.3g} (diverging)"
     return NonFiniteLossError(
-        f"the training loss became {value} at epoch {epoch}, step {step}{kept}; "
-        "lower the learning rate (--lr) or check the data for extreme values"
+        f"the training loss {what} at epoch {epoch}, step {step}{kept}; "
+        f"lower the learning rate ({lr_flag}) or check the data for extreme values"
     )
