@@ -14,17 +14,24 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def fit_run(out: str, flags: list[str], *, lock: str | None = None) -> tuple[dict, bool]:
+def fit_run(
+    out: str, flags: list[str], *, lock: str | None = None, allow_failure: bool = False
+) -> tuple[dict | None, bool]:
     """``python -m lqf fit --out OUT FLAGS`` in a subprocess, unless ``OUT`` already finished.
 
     A run directory without ``metrics.json`` (an interrupted run) is removed and run again, so
     a benchmark resumes where it stopped. ``lock``: a file for ``flock``, so that CPU-heavy runs
     of several scripts on one machine go one at a time. The wall time of a run trained here is
     kept in ``OUT/bench_wall.json``. Returns the run's metrics (with ``wall_seconds`` when known)
-    and whether it was trained by this call.
+    and whether it was trained by this call. With ``allow_failure`` a run that exits with an error
+    (e.g. a diverging learning rate in a selection grid) gives ``None`` and leaves
+    ``OUT/failed.txt`` with its last line of output, so that it is not retried.
     """
     metrics = os.path.join(out, "metrics.json")
+    failed = os.path.join(out, "failed.txt")
     trained = False
+    if allow_failure and os.path.isfile(failed):
+        return None, False
     if not os.path.isfile(metrics):
         if os.path.isdir(out):
             shutil.rmtree(out)
@@ -33,7 +40,16 @@ def fit_run(out: str, flags: list[str], *, lock: str | None = None) -> tuple[dic
             cmd = ["flock", lock, *cmd]
         print("$", " ".join(cmd), flush=True)
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        proc = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(proc.stderr)
+        if proc.returncode != 0 and not allow_failure:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+        if proc.returncode != 0:
+            os.makedirs(out, exist_ok=True)
+            last = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
+            with open(failed, "w") as handle:
+                handle.write(last[0] + "\n")
+            return None, True
         with open(os.path.join(out, "bench_wall.json"), "w") as handle:
             json.dump({"wall_seconds": time.perf_counter() - start}, handle)
         trained = True

@@ -56,6 +56,9 @@ VARIANTS = {
     "lqf sgd, no kfac": [*SGD, "--preconditioner", "none"],
     "lqf sgd, kfac, ce": [*SGD, "--preconditioner", "kfac", "--lqf-loss", "ce"],
 }
+#: learning-rate grids of the mini-batch route, chosen on validation with seed 0 per data set
+#: (the exact solvers need none)
+GRIDS = {v: [["--lqf-lr", lr] for lr in ("1e-4", "1e-3", "1e-2")] for v in VARIANTS if "sgd" in v}
 #: CG settings for the many-shot problems (N C = 20,000 rows): a looser tolerance and fewer
 #: iterations per penalty value keep a run within minutes on 2 cores
 MANY_SHOTS = ["--tol", "1e-3", "--max-iter", "100"]
@@ -63,13 +66,48 @@ EXECUTED: list[str] = []
 LOCK = os.environ.get("LQF_BENCH_LOCK")
 
 
-def run(tag: str, flags: list[str]) -> dict:
+def run(tag: str, flags: list[str], allow_failure: bool = False) -> dict | None:
     out = os.path.join(RUNS, tag)
     # LQF_BENCH_LOCK: one run at a time with other CPU-heavy jobs on the same machine
-    metrics, trained = fit_run(out, [*COMMON, *flags], lock=LOCK)
+    metrics, trained = fit_run(out, [*COMMON, *flags], lock=LOCK, allow_failure=allow_failure)
     if trained:
         EXECUTED.append(out)
     return metrics
+
+
+def tag_of(variant: str, data: str, shots: int, seed: int, selected: list[str]) -> str:
+    """The run directory (under ``RUNS``) of one run; ``selected``: flags of a selection-grid run."""
+    name = variant.replace(", ", "-").replace(" ", "_")
+    return f"{data}-{shots}/{name}{'-select' + '_'.join(selected) if selected else ''}-seed{seed}"
+
+
+def select(variant: str, data: str, shots: int, cached: bool) -> tuple[list[str], list[dict]]:
+    """Flags chosen on validation (seed 0) from ``GRIDS[variant]``; ``([], [])`` without a grid.
+
+    A run that fails (a diverging learning rate stops with an error) scores no validation accuracy.
+    """
+    grid = GRIDS.get(variant)
+    if not grid:
+        return [], []
+    records = []
+    for extra in grid:
+        tag = tag_of(variant, data, shots, 0, extra)
+        if cached and not os.path.isdir(os.path.join(RUNS, tag)):
+            return [], []
+        flags = [*VARIANTS[variant], *extra, "--data", data, "--shots", str(shots), "--seed", "0"]
+        m = run(tag, flags, allow_failure=True)
+        records.append(
+            {
+                "flags": extra,
+                "val_accuracy": None if m is None else m["val_accuracy"],
+                "test_accuracy": None if m is None else m["test_accuracy"],  # reported, never used
+                "metrics": m,
+            }
+        )
+    best = max(records, key=lambda r: -1.0 if r["val_accuracy"] is None else r["val_accuracy"])
+    for r in records:
+        r["chosen"] = r is best
+    return best["flags"], records
 
 
 def plan(stages: list[str]) -> list[tuple[str, str, int]]:
@@ -112,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         per_seed = []
         seeds_done = []
+        chosen, selection = select(variant, data, shots, args.cached)
+        if GRIDS.get(variant) and not selection:
+            continue
         for seed in args.seeds:
-            tag = f"{data}-{shots}/{variant.replace(', ', '-').replace(' ', '_')}-seed{seed}"
-            flags = [*VARIANTS[variant], "--data", data, "--shots", str(shots), "--seed", str(seed)]
+            # seed 0 of a selected variant is its selection run itself
+            tag = tag_of(variant, data, shots, seed, chosen if seed == 0 else [])
+            flags = [*VARIANTS[variant], *chosen, "--data", data, "--shots", str(shots), "--seed", str(seed)]
             if shots >= 100 and variant.startswith("lqf"):
                 flags += MANY_SHOTS
             if args.cached and not os.path.isfile(os.path.join(RUNS, tag, "metrics.json")):
@@ -127,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             "data": data,
             "shots": shots,
             "method": variant,
-            "flags": VARIANTS[variant],
+            "flags": VARIANTS[variant] + chosen,
+            "selection": [{k: v for k, v in r.items() if k != "metrics"} for r in selection] or None,
             "seeds": seeds_done,
             "n_test": per_seed[0]["n_test"],
             "test_accuracy": summarise([m["test_accuracy"] for m in per_seed]),
