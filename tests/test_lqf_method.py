@@ -56,6 +56,18 @@ def test_sgd_route_with_ablation_switches_runs(tiny_model_spec, tmp_path) -> Non
         assert result.metrics["preconditioner"] == pre
 
 
+def test_sgd_route_keeps_the_frozen_prefix_in_eval_mode(tiny_model_spec) -> None:
+    """BatchNorm below the linearized part must keep its running statistics (and use them)."""
+    options = LQFOptions(solver="sgd", linearize="last-1", lqf_lr=1e-3)
+    result = fit(_config(tiny_model_spec, epochs=2), options, quiet=True)
+    original = torch.load(tiny_model_spec.removeprefix("file:"), weights_only=False)
+    prefix_bn = [m for m in result.model.prefix.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert prefix_bn, "the test needs BatchNorm in the frozen prefix"
+    before = [m for m in original.modules() if isinstance(m, torch.nn.BatchNorm2d)][: len(prefix_bn)]
+    for a, b in zip(prefix_bn, before, strict=True):
+        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+
+
 def test_sgd_route_stops_with_one_line_when_it_diverges(tiny_model_spec, tmp_path, capsys) -> None:
     """A far too large step makes the convex loss explode: a clear error naming --lqf-lr, no garbage model."""
     out = tmp_path / "diverged"

@@ -90,7 +90,9 @@ def train_epochs(
     reference: float | None = None
     for epoch in range(first, cfg.epochs + 1):
         start = time.perf_counter()
-        (set_train_mode or nn.Module.train)(model)
+        # model.train() (not nn.Module.train) so that a model overriding it, e.g. to keep a frozen
+        # prefix with BatchNorm in eval mode, is respected
+        (set_train_mode or (lambda m: m.train()))(model)
         total_loss, correct, seen = 0.0, 0, 0
         batches = data.train.batches(cfg.batch_size, shuffle=True, generator=ctx.generator(epoch))
         bar = progress(batches, total=steps, desc=f"{desc} {epoch}/{cfg.epochs}", quiet=ctx.quiet)
