@@ -243,8 +243,46 @@ def write(results: list[dict], args, seconds: float, argv: list[str] | None = No
             f"| {r['peak_memory_mb']['mean']:.0f} |"
         )
     lines += targets_table(rows) + time_table(rows)
+    lines += ["", "Plot: `lqf_accuracy.png` (test accuracy against shots per class, mean ± std over seeds)."]
+    plot(rows)
     with open(os.path.join(RESULTS, "lqf_accuracy.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
+
+
+def plot(rows: list[dict]) -> None:
+    """``lqf_accuracy.png``: fine-tuning, probe and LQF against shots per class, per data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DATA), figsize=(5 * len(DATA), 3.6), squeeze=False)
+    for ax, data in zip(axes[0], DATA, strict=True):
+        for method, style in (("finetune", "o-"), ("linear-probe", "s--"), ("lqf", "^-")):
+            pts = sorted(
+                (r["shots"], r["test_accuracy"]) for r in rows if r["data"] == data and r["method"] == method
+            )
+            if not pts:
+                continue
+            x = [p[0] for p in pts]
+            ax.errorbar(
+                x,
+                [100 * p[1]["mean"] for p in pts],
+                yerr=[100 * p[1]["std"] for p in pts],
+                fmt=style,
+                capsize=3,
+                label=method,
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(SHOTS, [str(v) for v in SHOTS])
+        ax.set_xlabel("training images per class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"efficientnet_lite0 on {data}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "lqf_accuracy.png"), dpi=120)
+    plt.close(fig)
 
 
 def targets_table(rows: list[dict]) -> list[str]:

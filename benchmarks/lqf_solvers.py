@@ -240,6 +240,35 @@ def write(out: dict) -> None:
     report(out)
 
 
+def plot(out: dict) -> None:
+    """``lqf_solvers.png``: relative sub-optimality over time, CG and each family's best run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = out["solvers"]
+    shown = ["cg", "cg + kfac"]
+    for fam in ("adam", "adam + kfac", "sgd", "sgd + kfac"):
+        runs = {k: v for k, v in rows.items() if k.split(" lr=")[0] == fam}
+        shown.append(min(runs, key=lambda r: runs[r]["final_suboptimality"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for k in shown:
+        t = [max(p[0], 1e-3) for p in rows[k]["trace"]]
+        v = [max(p[1], 1e-9) for p in rows[k]["trace"]]
+        ax.plot(t, v, "-" if k.startswith("cg") else "--", label=k)
+    ax.axhline(TARGET, color="k", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("solver seconds (one core)")
+    ax.set_ylabel("(L - L*) / (L(0) - L*)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "lqf_solvers.png"), dpi=120)
+    plt.close(fig)
+
+
 def report(out: dict) -> None:
     """``lqf_solvers.md`` from the results dictionary."""
     rows = out["solvers"]
@@ -298,6 +327,11 @@ def report(out: dict) -> None:
                 f"- {fam}: no learning rate reached it in {out['budget_seconds']:.0f} s{bound}; closest "
                 f"{k} at {runs[k]['final_suboptimality']:.2e}"
             )
+    lines += [
+        "",
+        "Plot: `lqf_solvers.png` (sub-optimality against solver time; each family at its best rate).",
+    ]
+    plot(out)
     with open(os.path.join(RESULTS, "lqf_solvers.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
