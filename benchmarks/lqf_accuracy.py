@@ -204,7 +204,9 @@ def write(results: list[dict], args, seconds: float, argv: list[str] | None = No
         commands = []
     rows = results + [r for r in baseline_finetune() if r["shots"] in SHOTS]
     command = " ".join(["python benchmarks/lqf_accuracy.py", *(argv if argv is not None else sys.argv[1:])])
-    commands = [c for c in commands if c != command] + [command]
+    commands = [c for c in commands if c != command and "--cached" not in c]
+    if not args.cached:  # a report-only invocation trains nothing: not a command of the results
+        commands.append(command)
     payload = {
         "commands": commands,
         "hardware": hardware(),
@@ -242,11 +244,24 @@ def write(results: list[dict], args, seconds: float, argv: list[str] | None = No
             f"| {100 * v['mean']:.2f} | {r['train_seconds']['mean']:.0f} "
             f"| {r['peak_memory_mb']['mean']:.0f} |"
         )
+    chosen = [
+        f"{r['data']} / {r['method']}: " + ", ".join(_grid_point(g) for g in r["selection"])
+        for r in sorted(rows, key=lambda r: (r["data"], r["method"]))
+        if r.get("selection")
+    ]
+    if chosen:
+        lines += ["", "Mini-batch route: `--lqf-lr` chosen on validation accuracy (seed 0):", ""]
+        lines += [f"- {c}" for c in chosen]
     lines += targets_table(rows) + time_table(rows)
     lines += ["", "Plot: `lqf_accuracy.png` (test accuracy against shots per class, mean ± std over seeds)."]
     plot(rows)
     with open(os.path.join(RESULTS, "lqf_accuracy.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
+
+
+def _grid_point(g: dict) -> str:
+    val = "failed" if g["val_accuracy"] is None else f"val {100 * g['val_accuracy']:.1f}"
+    return f"{g['flags'][-1]} ({val}{', chosen' if g['chosen'] else ''})"
 
 
 def plot(rows: list[dict]) -> None:

@@ -95,7 +95,7 @@ class LQFOptions:
     damping: float = option(0.1, "K-FAC damping, relative to the mean eigenvalue of the K-FAC curvature")
     tol: float = option(1e-3, "cg: stop at this relative residual")
     max_iter: int = option(100, "cg: at most this many iterations per ridge value")
-    lqf_lr: float = option(0.03, "sgd: learning rate (of the preconditioned step)")
+    lqf_lr: float = option(1e-2, "sgd: learning rate (of the preconditioned step)")
     lqf_optimizer: str = option(
         "sgd", "sgd: the optimizer the preconditioned gradient feeds", choices=("sgd", "adam")
     )
