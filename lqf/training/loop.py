@@ -100,9 +100,9 @@ def train_epochs(
             x, y = x.to(device), y.to(device)
             logits = model(x)
             loss = loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise _non_finite(ctx, epoch, step, loss.item(), lr_flag)
             value = loss.item()
+            if not math.isfinite(value):
+                raise _non_finite(ctx, epoch, step, value, lr_flag)
             reference = value if reference is None else reference
             if divergence is not None and value > divergence * max(reference, 1e-12):
                 raise _non_finite(ctx, epoch, step, value, lr_flag, start=reference)
@@ -111,7 +111,7 @@ def train_epochs(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total_loss += loss.item() * len(y)
+            total_loss += value * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
         val = evaluate(model, data.val, batch_size=max(cfg.batch_size, 256), device=device)
