@@ -336,3 +336,81 @@ def test_global_starts_reproduce_global_pruning_per_layer() -> None:
     assert len(starts) == 3
     expected = global_masks(layers, theta_for_compression(8.0))
     assert all(torch.equal(layer_masks(layers, starts[-1])[n], expected[n]) for n in expected)
+
+
+# -- keeping the best candidate, and the drop measured from the current model --------------------------
+def _scripted_tune(monkeypatch, drops: list[float], seen: list[dict]):
+    """Replace fine-tuning by a scripted one: it shifts the kept weights (so that every phase's
+    model differs), snapshots model and masks, and reports validation accuracy ``ref - drop``."""
+    from lqf.pruning import finepruning
+
+    def tune(model, masks, data, config, options, epochs, index, run, quiet, history, say):
+        with torch.no_grad():
+            for layer in masks.layers:
+                layer.module.weight.add_(0.01 * (len(seen) + 1) * masks.masks[layer.name])
+        val = history["reference"]["val_accuracy"] - drops[len(seen)] / 100
+        seen.append(
+            {
+                "step": index,
+                "val": val,
+                "rate": masks.counts().rate,
+                "state": {k: v.clone() for k, v in model.state_dict().items()},
+            }
+        )
+        return val
+
+    monkeypatch.setattr(finepruning, "_tune", tune)
+
+
+@pytest.mark.parametrize("drops", [[0.5, 0.2, 5.0, 3.0], [0.5, 4.0, 0.9, 0.1], [2.0, 3.0, 4.0, 5.0]])
+def test_keep_best_ends_with_the_most_compressed_feasible_candidate(tmp_path, monkeypatch, drops) -> None:
+    from lqf.pruning import finepruning
+    from lqf.runs import RunDirectory
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    seen: list[dict] = []
+    _scripted_tune(monkeypatch, drops, seen)
+    options = PruneOptions(
+        rounds=3, trials=3, startup_trials=2, round_epochs=1, final_epochs=1, target_drop=1, round_drop=60
+    )
+    run = RunDirectory(str(tmp_path / "run"))
+    result = finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
+    assert len(seen) == 4  # three rounds and the final phase
+    feasible = [s for s in seen if 100 * (result.history["reference"]["val_accuracy"] - s["val"]) <= 1 + 1e-9]
+    final = result.model.state_dict()
+    if not feasible:  # nothing within the target: the last model, reported as it is
+        expected = seen[-1]
+        assert result.metrics["kept_step"] is None
+    else:  # the most compressed; among equals, the first
+        expected = max(feasible, key=lambda s: (s["rate"], -s["step"]))
+        assert result.metrics["kept_step"] == expected["step"]
+    assert all(torch.equal(final[k], expected["state"][k]) for k in final)
+    assert result.metrics["compression"] == pytest.approx(expected["rate"], rel=1e-12)
+    assert [c["step"] for c in result.metrics["candidates"]] == [s["step"] for s in seen]
+    for layer in result.masks.layers:  # the masks came back with the weights
+        assert torch.all(layer.module.weight[~result.masks.masks[layer.name]] == 0)
+
+
+def test_current_reference_is_measured_on_the_fine_tuned_model(tmp_path, monkeypatch) -> None:
+    from lqf.pruning import finepruning
+    from lqf.pruning.finepruning import MaskedAccuracy, bn_batches
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    seen: list[dict] = []
+    _scripted_tune(monkeypatch, [0.0, 0.0, 0.0], seen)
+    options = PruneOptions(
+        rounds=2, trials=3, startup_trials=2, round_epochs=1, final_epochs=1, round_reference="current"
+    )
+    result = finepruning.prune(make_model(), data, config, options, quiet=True)
+    recal = bn_batches(data, config.batch_size, options.bn_batches, config.seed + 7919)
+    for r, state in ((1, None), (2, seen[0]["state"])):
+        model = make_model()
+        if state is not None:
+            model.load_state_dict(state)
+        model.eval()
+        layers = find_prunable(model, grouping=options.groups)
+        expected = MaskedAccuracy(model, layers, data.val, 256, "cpu", recal)({x.group: 0.0 for x in layers})
+        assert result.history["rounds"][r - 1]["reference"] == pytest.approx(expected, abs=1e-12)
+    for t in result.history["trials"]:  # every trial's drop is taken from its round's reference
+        ref = result.history["rounds"][t["round"] - 1]["reference"]
+        assert t["drop"] == pytest.approx(100 * (ref - t["accuracy"]), abs=1e-9)

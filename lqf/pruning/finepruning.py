@@ -18,7 +18,15 @@ network is fine-tuned::
 Each round's configuration must keep the accuracy drop, measured before that
 round's fine-tuning, within ``--target-drop``; ``--round-drop`` allows a larger
 drop in the rounds before the last, since their fine-tuning recovers part of
-it (gradual pruning). The final model's drop is measured and reported, not
+it (gradual pruning). The drop is measured from the unpruned model
+(``--round-reference start``) or from the model the previous round's
+fine-tuning left (``current``): then each round may cost up to that many
+points again, fine-tuning recovers them, and compression builds up round by
+round. After every fine-tuning phase the model is a candidate: with
+``--keep-best`` (the default) the run ends with the most compressed candidate
+whose validation drop from the unpruned model is within ``--target-drop``
+(chosen on validation, never on test), so a last round that pruned too far
+cannot spoil the result. The final drop on test is measured and reported, not
 guaranteed.
 
 A pruned weight has magnitude 0, so a later round with a smaller fraction for
@@ -48,7 +56,7 @@ from torch import nn
 
 from lqf.config import FitConfig
 from lqf.errors import LqfError
-from lqf.io import read_json, write_json
+from lqf.io import atomic_write, read_json, write_json
 from lqf.pruning.export import load_packed, save_packed
 from lqf.pruning.layers import PrunableLayer, find_prunable, groups_of
 from lqf.pruning.masks import MaskSet, global_masks, layer_masks, theta_for_compression
@@ -59,6 +67,7 @@ from lqf.pruning.search import search_round
 HISTORY = "history.json"
 PACKED = "model.packed.safetensors"
 PARETO = "pareto.png"
+BEST = "best.pt"
 RATES = "rates.png"
 
 
@@ -247,6 +256,7 @@ def prune(
         masks.load_state_dict(state["masks"])
         first = int(state["step"]) + 1
     steps = plan(options)
+    kept: dict[str, Any] = {}  # the state of history["best"], once this process has it
     recal = bn_batches(data, config.batch_size, options.bn_batches, config.seed + 7919)
     measure = MaskedAccuracy(model, layers, subset, eval_batch, device, recal)
     for index, (kind, arg) in enumerate(steps):
@@ -272,12 +282,21 @@ def prune(
         elif kind == "prune":
             _prune_once(layers, masks, options, history, say)
         elif arg > 0:
-            _tune(model, masks, data, config, options, arg, index, run, quiet, history, say)
+            val = _tune(model, masks, data, config, options, arg, index, run, quiet, history, say)
+            if options.searched and options.keep_best and objective.constrained:
+                _keep_if_best(model, masks, val, index, options, history, run, say, kept)
         history["steps"] = [s for s in history["steps"] if s["step"] != index]
         history["steps"].append({"step": index, "kind": kind, "seconds": time.perf_counter() - step_start})
         _save_history(run, history)
         if run is not None:
             run.save_checkpoint({"step": index, "model": model.state_dict(), "masks": masks.state_dict()})
+    if options.searched and options.keep_best and objective.constrained:
+        last = len(steps) - 1
+        if steps[last][1] == 0:  # no final fine-tuning: the model as the last search left it
+            model.eval()
+            val = evaluate(model, data.val, batch_size=eval_batch, device=device)["accuracy"]
+            _keep_if_best(model, masks, val, last, options, history, run, say, kept)
+        _restore_best(model, masks, history, run, last, say, kept, options.epsilon)
     model.eval()
     metrics = _finish(model, masks, data, config, options, history, run, eval_batch, quiet)
     metrics["wall_seconds_this_process"] = time.perf_counter() - started
@@ -299,6 +318,10 @@ def _search(
 
     if objective.constrained and options.round_drop is not None and round_index < options.rounds:
         objective = dataclasses.replace(objective, target_drop=options.round_drop)
+    if options.round_reference == "current":
+        # the current (masked, fine-tuned) weights, BatchNorm re-estimated as in every trial
+        model.eval()
+        objective = dataclasses.replace(objective, reference=measure({g: 0.0 for g in groups}))
     done = [t for t in history["trials"] if t["round"] == round_index]
     previous = [t for t in history["trials"] if t["round"] == round_index - 1]
     warm: list[dict[str, float]] = []
@@ -339,6 +362,7 @@ def _search(
     history["rounds"] = [r for r in history["rounds"] if r["round"] != round_index]
     history["rounds"].append(
         {k: best[k] for k in ("round", "number", "theta", "accuracy", "drop", "removed", "compression")}
+        | {"reference": objective.reference}
     )
     say(
         f"round {round_index}: chose trial {best['number']} of {len(records)}: compression "
@@ -420,6 +444,51 @@ def _tune(model, masks, data, config, options, epochs, index, run, quiet, histor
             run.append_log(record)
     last = ctx.history[-1]
     say(f"fine-tuned {epochs} epoch(s) with the masks: val accuracy {100 * last['val_accuracy']:.2f}%")
+    return float(last["val_accuracy"])
+
+
+def _keep_if_best(model, masks, val, step, options, history, run, say, kept) -> None:
+    """Record the model after ``step`` as a candidate; keep it if it is the most compressed one
+    whose validation drop from the unpruned model is within ``--target-drop``."""
+    drop = 100.0 * (history["reference"]["val_accuracy"] - val)
+    rate = masks.counts().rate
+    entry = {"step": step, "round": len(history["rounds"]), "val_accuracy": val, "drop": drop}
+    entry["compression"] = rate
+    history["candidates"] = [c for c in history.get("candidates", []) if c["step"] != step] + [entry]
+    best = history.get("best")
+    beaten = best is not None and best["step"] != step and rate <= best["compression"]
+    if drop > options.epsilon + 1e-9 or beaten:
+        return
+    kept["state"] = {
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "masks": {k: v.cpu().clone() for k, v in masks.state_dict().items()},
+    }
+    kept["step"] = step
+    if run is not None:
+        atomic_write(run.file(BEST), lambda tmp: torch.save(kept["state"], tmp))
+    history["best"] = entry
+    _save_history(run, history)
+
+
+def _restore_best(model, masks, history, run, last, say, kept, epsilon: float) -> None:
+    """End with the kept model (if it is not the final one already)."""
+    best = history.get("best")
+    if best is None:
+        say(f"no candidate model was within {epsilon:g} points of validation drop: ending with the last")
+        return
+    if best["step"] == last:
+        return
+    state = kept.get("state") if kept.get("step") == best["step"] else None
+    if state is None and run is not None and run.has(BEST):
+        state = torch.load(run.file(BEST), map_location="cpu", weights_only=False)
+    if state is None:
+        raise LqfError("the kept model of this prune run is missing; run it again without --resume")
+    model.load_state_dict(state["model"])
+    masks.load_state_dict(state["masks"])
+    say(
+        f"kept the model after step {best['step'] + 1}: compression {best['compression']:.2f}x, "
+        f"val drop {best['drop']:+.2f} points (the final one was less compressed or over the target)"
+    )
 
 
 def _finish(model, masks, data, config, options, history, run, eval_batch, quiet) -> dict[str, Any]:
@@ -451,7 +520,9 @@ def _finish(model, masks, data, config, options, history, run, eval_batch, quiet
         "params_kept": counts.kept,
         "compression": counts.rate,
         "removed_fraction": counts.removed,
-        "theta": history["rounds"][-1]["theta"] if history["rounds"] else {},
+        "theta": _theta_of_result(history),
+        "kept_step": history["best"]["step"] if history.get("best") else None,
+        "candidates": history.get("candidates", []),
         "trials": len(trials),
         "search_sampler_seconds": sampler_s,
         "search_eval_seconds": eval_s,
@@ -475,6 +546,15 @@ def _finish(model, masks, data, config, options, history, run, eval_batch, quiet
             torch.equal(restored[k], v.cpu()) for k, v in model.state_dict().items()
         )
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def _theta_of_result(history: dict[str, Any]) -> dict[str, float]:
+    """The rates of the round the final model comes from (the kept one's, if one was kept)."""
+    rounds = history["rounds"]
+    if not rounds:
+        return {}
+    best = history.get("best")
+    return rounds[best["round"] - 1]["theta"] if best and best["round"] >= 1 else rounds[-1]["theta"]
 
 
 def _load_history(run) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from lqf.errors import LqfError
 from lqf.pruning.layers import GROUPINGS
 
 STRATEGIES = ("bo", "random", "uniform", "global")
+REFERENCES = ("start", "current")
 
 
 @dataclass
@@ -33,6 +34,17 @@ class PruneOptions:
     )
     gamma: float | None = option(
         None, "objective instead: max (1 - gamma) * accuracy + gamma * removed fraction, gamma in [0, 1]"
+    )
+    round_reference: str = option(
+        "start",
+        "what a search round measures the accuracy drop from: start (the unpruned model) or current "
+        "(the model the previous round's fine-tuning left, so compression builds up round by round)",
+        choices=REFERENCES,
+    )
+    keep_best: bool = option(
+        True,
+        "with --target-drop: after every fine-tuning phase keep the most compressed model whose "
+        "validation drop is within the target, and end with it (bo, random)",
     )
     rounds: int = option(3, "search rounds, each followed by --round-epochs of fine-tuning (bo, random)")
     trials: int = option(24, "trials per search round (quick evaluations on the validation subset)")
