@@ -22,10 +22,11 @@ def fit_run(
     A run directory without ``metrics.json`` (an interrupted run) is removed and run again, so
     a benchmark resumes where it stopped. ``lock``: a file for ``flock``, so that CPU-heavy runs
     of several scripts on one machine go one at a time. The wall time of a run trained here is
-    kept in ``OUT/bench_wall.json``. Returns the run's metrics (with ``wall_seconds`` when known)
-    and whether it was trained by this call. With ``allow_failure`` a run that exits with an error
-    (e.g. a diverging learning rate in a selection grid) gives ``None`` and leaves
-    ``OUT/failed.txt`` with its last line of output, so that it is not retried.
+    kept in ``OUT/bench_wall.json``, with the hardware it ran on. Returns the run's metrics (with
+    ``wall_seconds`` and ``hardware`` when known) and whether it was trained by this call. With
+    ``allow_failure`` a run that exits with an error (e.g. a diverging learning rate in a
+    selection grid) gives ``None`` and leaves ``OUT/failed.txt`` with its last line of output,
+    so that it is not retried.
     """
     metrics = os.path.join(out, "metrics.json")
     failed = os.path.join(out, "failed.txt")
@@ -51,14 +52,17 @@ def fit_run(
                 handle.write(last[0] + "\n")
             return None, True
         with open(os.path.join(out, "bench_wall.json"), "w") as handle:
-            json.dump({"wall_seconds": time.perf_counter() - start}, handle)
+            json.dump({"wall_seconds": time.perf_counter() - start, "hardware": hardware()}, handle)
         trained = True
     with open(metrics) as handle:
         result = json.load(handle)
     wall = os.path.join(out, "bench_wall.json")
     if os.path.isfile(wall):
         with open(wall) as handle:
-            result["wall_seconds"] = json.load(handle)["wall_seconds"]
+            recorded = json.load(handle)
+        result["wall_seconds"] = recorded["wall_seconds"]
+        if "hardware" in recorded:
+            result["hardware"] = recorded["hardware"]
     return result, trained
 
 

@@ -12,10 +12,11 @@ Stages (``--stages``):
   strength on the validation split, never on test); fine-tuning and the ridge
   linear probe at these sizes are read from ``benchmarks/results/baseline.json``
   (same protocol, seeds and test sets);
-* ``ablations`` (10 shots): Leaky-ReLU (slopes 0.01 and 0.1; at 0.1 with and without
+* ``ablations``: at 10 shots, Leaky-ReLU (slopes 0.01 and 0.1; at 0.1 with and without
   the ReLU6 clip, and repaired by 100 distillation steps); the mini-batch route
   (preconditioned SGD, 30 epochs) with K-FAC, without it, and with cross-entropy
-  instead of MSE;
+  instead of MSE; at 5 and 25 shots, Leaky-ReLU at slope 0.01 and the three
+  mini-batch variants;
 * ``fewshot``: ``lqf`` at 5 and 25 shots; fine-tuning (its settings chosen on
   validation from the same grid as at 10 and 200 shots) and the ridge probe at these
   sizes are read from ``benchmarks/results/baseline_fewshot.json``, written by
@@ -56,6 +57,8 @@ VARIANTS = {
     "lqf sgd, no kfac": [*SGD, "--preconditioner", "none"],
     "lqf sgd, kfac, ce": [*SGD, "--preconditioner", "kfac", "--lqf-loss", "ce"],
 }
+#: the ablations also run at 5 and 25 shots: one change of LQF removed (or added) at a time
+FEW_SHOT_ABLATIONS = ("lqf, leaky 0.01", "lqf sgd, kfac", "lqf sgd, no kfac", "lqf sgd, kfac, ce")
 #: learning-rate grids of the mini-batch route, chosen on validation with seed 0 per data set
 #: (the exact solvers need none)
 GRIDS = {v: [["--lqf-lr", lr] for lr in ("1e-4", "1e-3", "1e-2")] for v in VARIANTS if "sgd" in v}
@@ -116,9 +119,53 @@ def plan(stages: list[str]) -> list[tuple[str, str, int]]:
         out += [("lqf", d, shots) for shots in (10, 200) for d in DATA]
     if "ablations" in stages:
         out += [(v, d, 10) for d in DATA for v in VARIANTS if v.startswith("lqf") and v != "lqf"]
+        out += [(v, d, s) for s in (5, 25) for d in DATA for v in FEW_SHOT_ABLATIONS]
     if "fewshot" in stages:
         out += [("lqf", d, s) for s in (5, 25) for d in DATA]
     return out
+
+
+def prefetch(items: list[tuple[str, str, int]], seeds: list[int], jobs: int) -> None:
+    """Train the runs of ``items`` ``jobs`` at a time: selection runs first, then the chosen seeds.
+
+    The report loop in :func:`main` then finds every run finished. Each run is its own process,
+    so set ``OMP_NUM_THREADS`` (e.g. to 1) to keep ``jobs`` of them from oversubscribing the cores.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def flags_of(variant: str, data: str, shots: int, seed: int, extra: list[str]) -> list[str]:
+        tail = MANY_SHOTS if shots >= 100 and variant.startswith("lqf") else []
+        return [*VARIANTS[variant], *extra, "--data", data, "--shots", str(shots), "--seed", str(seed), *tail]
+
+    def pool(tasks: list[tuple[str, list[str], bool]]) -> None:
+        with ThreadPoolExecutor(max_workers=jobs) as executor:
+            list(executor.map(lambda task: run(*task), tasks))
+
+    first, second = [], []
+    for variant, data, shots in items:
+        for extra in GRIDS.get(variant) or []:
+            tag = tag_of(variant, data, shots, 0, extra)
+            first.append((tag, flags_of(variant, data, shots, 0, extra), True))
+        if not GRIDS.get(variant):
+            first += [
+                (tag_of(variant, data, shots, s, []), flags_of(variant, data, shots, s, []), False)
+                for s in seeds
+            ]
+    pool(first)
+    for variant, data, shots in items:
+        if GRIDS.get(variant):
+            chosen, _ = select(variant, data, shots, cached=True)
+            if not chosen:
+                continue
+            for seed in (s for s in seeds if s != 0):
+                second.append(
+                    (
+                        tag_of(variant, data, shots, seed, []),
+                        flags_of(variant, data, shots, seed, chosen),
+                        False,
+                    )
+                )
+    pool(second)
 
 
 def baseline_finetune() -> list[dict]:
@@ -140,14 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="+", choices=DATA, help="only these data sets")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these methods")
     parser.add_argument("--cached", action="store_true", help="report finished runs only; train nothing")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (default 1)")
     args = parser.parse_args(argv)
     started = time.time()
+    items = [
+        (variant, data, shots)
+        for variant, data, shots in plan(args.stages)
+        if not (args.shots and shots not in args.shots)
+        and not (args.data and data not in args.data)
+        and not (args.variants and variant not in args.variants)
+    ]
+    if args.jobs > 1 and not args.cached:
+        prefetch(items, args.seeds, args.jobs)
     results = []
-    for variant, data, shots in plan(args.stages):
-        if (args.shots and shots not in args.shots) or (args.data and data not in args.data):
-            continue
-        if args.variants and variant not in args.variants:
-            continue
+    for variant, data, shots in items:
         per_seed = []
         seeds_done = []
         chosen, selection = select(variant, data, shots, args.cached)
@@ -178,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": summarise([m["train_seconds"] for m in per_seed]),
             "peak_memory_mb": summarise([m["peak_memory_mb"] for m in per_seed]),
         }
+        elsewhere = sorted({_machine(m["hardware"]) for m in per_seed if m.get("hardware")})
+        if elsewhere:
+            row["hardware"] = elsewhere
         for key in ("solver", "ridge_relative", "linearized_parameters", "preconditioner"):
             if key in per_seed[0]:
                 row[key] = [m.get(key) for m in per_seed]
@@ -236,17 +292,27 @@ def write(results: list[dict], args, seconds: float, argv: list[str] | None = No
         "| data | shots/class | method | seeds | test accuracy | val accuracy | train s | peak MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    here = _machine(payload["hardware"])
+    machines = sorted({m for r in rows for m in r.get("hardware", []) if m != here})
     for r in sorted(rows, key=lambda r: (r["data"], r["shots"], r["method"])):
         t, v = r["test_accuracy"], r["val_accuracy"]
+        mark = "".join(f" ({chr(ord('a') + machines.index(m))})" for m in r.get("hardware", []) if m != here)
         lines.append(
-            f"| {r['data']} | {r['shots']} | {r['method']} | {len(t['values'])} "
+            f"| {r['data']} | {r['shots']} | {r['method']}{mark} | {len(t['values'])} "
             f"| {100 * t['mean']:.2f} ± {100 * t['std']:.2f} "
             f"| {100 * v['mean']:.2f} | {r['train_seconds']['mean']:.0f} "
             f"| {r['peak_memory_mb']['mean']:.0f} |"
         )
+    if machines:
+        lines += [
+            "",
+            "Rows trained on another machine (train seconds are that machine's, one thread per run):",
+        ]
+        lines += [f"- ({chr(ord('a') + i)}) {m}" for i, m in enumerate(machines)]
     chosen = [
-        f"{r['data']} / {r['method']}: " + ", ".join(_grid_point(g) for g in r["selection"])
-        for r in sorted(rows, key=lambda r: (r["data"], r["method"]))
+        f"{r['data']} / {r['shots']} shots / {r['method']}: "
+        + ", ".join(_grid_point(g) for g in r["selection"])
+        for r in sorted(rows, key=lambda r: (r["data"], r["shots"], r["method"]))
         if r.get("selection")
     ]
     if chosen:
@@ -257,6 +323,11 @@ def write(results: list[dict], args, seconds: float, argv: list[str] | None = No
     plot(rows)
     with open(os.path.join(RESULTS, "lqf_accuracy.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
+
+
+def _machine(h: dict) -> str:
+    """One line naming the machine of a ``hardware()`` record."""
+    return f"{h['cpu']}, {h['cores']} cores, torch {h['torch']}"
 
 
 def _grid_point(g: dict) -> str:
