@@ -73,9 +73,10 @@ SETTINGS = {
 TRANSFER_LR = {"fashion-mnist": "3e-3", "animal-mnist": "1e-3"}
 
 #: per method: candidate flag sets chosen on validation (seed 0); a single entry means no selection.
-#: LQF rows: add "lqf": [[...], ...] here once the method exists.
+#: LQF needs no learning-rate grid: its ridge penalty is chosen on validation inside each run.
 METHOD_GRIDS: dict[str, list[list[str]]] = {
     "linear-probe": [["--probe", "ridge"]],
+    "lqf": [[]],
 }
 
 
