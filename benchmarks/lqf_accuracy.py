@@ -15,8 +15,8 @@ Stages (``--stages``):
 * ``ablations``: at 10 shots, Leaky-ReLU (slopes 0.01 and 0.1; at 0.1 with and without
   the ReLU6 clip, and repaired by 100 distillation steps); the mini-batch route
   (preconditioned SGD, 30 epochs) with K-FAC, without it, and with cross-entropy
-  instead of MSE; at 5 and 25 shots, Leaky-ReLU at slope 0.01 and the three
-  mini-batch variants;
+  instead of MSE; at 5, 25 and 200 shots, Leaky-ReLU at slope 0.01 and the three
+  mini-batch variants (at 200 shots 4 epochs, seed 0, the learning rate chosen at 25);
 * ``fewshot``: ``lqf`` at 5 and 25 shots; fine-tuning (its settings chosen on
   validation from the same grid as at 10 and 200 shots) and the ridge probe at these
   sizes are read from ``benchmarks/results/baseline_fewshot.json``, written by
@@ -57,7 +57,7 @@ VARIANTS = {
     "lqf sgd, no kfac": [*SGD, "--preconditioner", "none"],
     "lqf sgd, kfac, ce": [*SGD, "--preconditioner", "kfac", "--lqf-loss", "ce"],
 }
-#: the ablations also run at 5 and 25 shots: one change of LQF removed (or added) at a time
+#: the ablations also run at 5, 25 and 200 shots: one change of LQF removed (or added) at a time
 FEW_SHOT_ABLATIONS = ("lqf, leaky 0.01", "lqf sgd, kfac", "lqf sgd, no kfac", "lqf sgd, kfac, ce")
 #: learning-rate grids of the mini-batch route, chosen on validation with seed 0 per data set
 #: (the exact solvers need none)
@@ -65,6 +65,20 @@ GRIDS = {v: [["--lqf-lr", lr] for lr in ("1e-4", "1e-3", "1e-2")] for v in VARIA
 #: CG settings for the many-shot problems (N C = 20,000 rows): a looser tolerance and fewer
 #: iterations per penalty value keep a run within minutes on 2 cores
 MANY_SHOTS = ["--tol", "1e-3", "--max-iter", "100"]
+#: the mini-batch route at 200 shots: 4 epochs (about the 240 steps of 30 epochs at 25 shots), and
+#: the learning rate chosen on validation at this many shots (a grid per data set at 200 shots
+#: would cost hours of CPU)
+SGD_MANY_SHOTS = ["--epochs", "4"]
+SELECT_AT = 25
+
+
+def size_flags(variant: str, shots: int) -> list[str]:
+    """Flags a run at ``shots`` per class adds to its variant's (the many-shot settings)."""
+    if shots < 100 or not variant.startswith("lqf"):
+        return []
+    return MANY_SHOTS + (SGD_MANY_SHOTS if "sgd" in variant else [])
+
+
 EXECUTED: list[str] = []
 LOCK = os.environ.get("LQF_BENCH_LOCK")
 
@@ -92,6 +106,9 @@ def select(variant: str, data: str, shots: int, cached: bool) -> tuple[list[str]
     grid = GRIDS.get(variant)
     if not grid:
         return [], []
+    if shots >= 100:  # the choice made at SELECT_AT shots
+        chosen, _ = select(variant, data, SELECT_AT, cached=True)
+        return chosen, ([{"flags": chosen, "from_shots": SELECT_AT}] if chosen else [])
     records = []
     for extra in grid:
         tag = tag_of(variant, data, shots, 0, extra)
@@ -119,7 +136,7 @@ def plan(stages: list[str]) -> list[tuple[str, str, int]]:
         out += [("lqf", d, shots) for shots in (10, 200) for d in DATA]
     if "ablations" in stages:
         out += [(v, d, 10) for d in DATA for v in VARIANTS if v.startswith("lqf") and v != "lqf"]
-        out += [(v, d, s) for s in (5, 25) for d in DATA for v in FEW_SHOT_ABLATIONS]
+        out += [(v, d, s) for s in (5, 25, 200) for d in DATA for v in FEW_SHOT_ABLATIONS]
     if "fewshot" in stages:
         out += [("lqf", d, s) for s in (5, 25) for d in DATA]
     return out
@@ -134,7 +151,7 @@ def prefetch(items: list[tuple[str, str, int]], seeds: list[int], jobs: int) -> 
     from concurrent.futures import ThreadPoolExecutor
 
     def flags_of(variant: str, data: str, shots: int, seed: int, extra: list[str]) -> list[str]:
-        tail = MANY_SHOTS if shots >= 100 and variant.startswith("lqf") else []
+        tail = size_flags(variant, shots)
         return [*VARIANTS[variant], *extra, "--data", data, "--shots", str(shots), "--seed", str(seed), *tail]
 
     def pool(tasks: list[tuple[str, list[str], bool]]) -> None:
@@ -210,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             # seed 0 of a selected variant is its selection run itself
             tag = tag_of(variant, data, shots, seed, chosen if seed == 0 else [])
             flags = [*VARIANTS[variant], *chosen, "--data", data, "--shots", str(shots), "--seed", str(seed)]
-            if shots >= 100 and variant.startswith("lqf"):
-                flags += MANY_SHOTS
+            flags += size_flags(variant, shots)
             if args.cached and not os.path.isfile(os.path.join(RUNS, tag, "metrics.json")):
                 continue
             per_seed.append(run(tag, flags))
@@ -331,6 +347,8 @@ def _machine(h: dict) -> str:
 
 
 def _grid_point(g: dict) -> str:
+    if "from_shots" in g:
+        return f"{g['flags'][-1]} (chosen at {g['from_shots']} shots)"
     val = "failed" if g["val_accuracy"] is None else f"val {100 * g['val_accuracy']:.1f}"
     return f"{g['flags'][-1]} ({val}{', chosen' if g['chosen'] else ''})"
 

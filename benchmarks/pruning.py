@@ -51,26 +51,33 @@ FINETUNE += ["--batch-size", "64", "--seed", "0", "--bn", "train", "--head-lr-sc
 #: fine-tuning epochs (animal-mnist: fewer, to keep the benchmark's CPU time in budget)
 FINETUNE_EPOCHS = {"fashion-mnist": "15", "animal-mnist": "6"}
 BUDGET = ["--rounds", "3", "--round-epochs", "1", "--final-epochs", "1"]  # 4 fine-tuning epochs in all
-SEARCH = ["--target-drop", "1", "--trials", "14", "--startup-trials", "5", *BUDGET]
+#: the ratchet setting: more, shorter rounds (8 fine-tuning epochs in all, for every method)
+RATCHET_BUDGET = ["--rounds", "6", "--round-epochs", "1", "--final-epochs", "2"]
+SEARCH = ["--target-drop", "1", "--trials", "14", "--startup-trials", "5"]
+RATCHET_SEARCH = ["--target-drop", "1", "--trials", "10", "--startup-trials", "4"]
 #: test images (a fixed stratified subset for fashion-mnist; animal-mnist has 2,000)
 MAX_TEST = ["--max-test", "2000"]
 LEVELS = (1.0, 0.7)
-#: settings: (flags of every prune run, extra flags of the searched ones)
+#: settings: (flags of every prune run incl. the fine-tuning budget, extra flags of the searched ones)
 SETTINGS = {
     # every trial of the search proposed by the sampler (random starts, then the GP)
-    "plain": ([], ["--global-starts", "0"]),
+    "plain": (BUDGET, [*SEARCH, "--global-starts", "0"]),
     # the first trials of each round are the rates of a global magnitude threshold (the default)
-    "seeded": ([], []),
+    "seeded": (BUDGET, SEARCH),
     # seeded, and rounds 1-2 may lose up to 4 points before their fine-tuning recovers them
-    "gradual": ([], ["--round-drop", "4"]),
+    "gradual": (BUDGET, [*SEARCH, "--round-drop", "4"]),
+    # each round may lose 3 points from the model the previous round's fine-tuning left, so
+    # compression builds up; the run ends with the most compressed model within 1 point on validation
+    "ratchet": (RATCHET_BUDGET, [*RATCHET_SEARCH, "--round-reference", "current", "--round-drop", "3"]),
 }
 EXECUTED: list[str] = []
 HEADER = """`efficientnet_lite0` (ImageNet weights), 64 px, 200 training images per class, 50
 validation images per class, seed 0, fine-tuned once per data set (the learning rate chosen in
-baseline.md; 15 epochs on fashion-mnist, 6 on animal-mnist), then pruned. Every method gets the
-same fine-tuning budget after pruning (4 epochs, AdamW 3e-4). bo/random: `{search}` (each trial
-evaluates on the whole validation split, 500 images, after re-estimating BatchNorm statistics on
-4 training batches). Test accuracy on a fixed stratified subset of 2,000 test images
+baseline.md; 15 epochs on fashion-mnist, 6 on animal-mnist), then pruned. Within a setting every
+method gets the same fine-tuning budget after pruning (AdamW 3e-4; plain, seeded, gradual: 4 epochs,
+ratchet: 8; the flags of each setting are given below). Each trial of bo/random evaluates on the
+whole validation split, 500 images, after re-estimating BatchNorm statistics on 4 training
+batches. Test accuracy on a fixed stratified subset of 2,000 test images
 (`--max-test 2000`; animal-mnist has 2,000). Compression = parameters of the 49 prunable layers
 (all Conv2d, depthwise included; the head is not pruned) divided by those kept. Drops are in
 accuracy points against the unpruned fine-tuned model."""
@@ -112,6 +119,8 @@ def prune(
         result = json.load(handle)
     result["run_dir"] = os.path.relpath(out, ROOT)
     result["flags"] = flags
+    with open(os.path.join(out, "history.json")) as handle:
+        result["rounds"] = json.load(handle)["rounds"]
     return result
 
 
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             ft = json.load(handle)
         for setting in args.settings:
             common, searched = SETTINGS[setting]
-            search = ["--strategy", "bo", *SEARCH, *searched, *common]
+            search = ["--strategy", "bo", *searched, *common]
             runs = {"bo": prune(data, "bo", source, search, args.lock, setting, args.cached)}
             if runs["bo"] is None:
                 continue
@@ -153,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             for strategy in ("uniform", "global"):
                 for level in args.levels:
                     rate = f"{level * matched:.3f}"
-                    flags = ["--strategy", strategy, "--target-compression", rate, *BUDGET, *common]
+                    flags = ["--strategy", strategy, "--target-compression", rate, *common]
                     tag = f"{strategy}-{rate}x"
                     runs[f"{strategy}@{level:g}"] = prune(
                         data, tag, source, flags, args.lock, setting, args.cached
                     )
             if not args.no_random:
-                search = ["--strategy", "random", *SEARCH, *searched, *common]
+                search = ["--strategy", "random", *searched, *common]
                 runs["random"] = prune(data, "random", source, search, args.lock, setting, args.cached)
             runs = {name: r for name, r in runs.items() if r is not None}
             results.append(
@@ -183,6 +192,13 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
             kept = json.load(handle)
         seconds = kept.get("wall_seconds", seconds)
         args.remark = args.remark or kept.get("remark")
+    if os.path.isfile(path):  # keep the (data, setting) entries of earlier invocations
+        with open(path) as handle:
+            earlier = json.load(handle)["results"]
+        mine = {(e["data"], e["setting"]) for e in results}
+        results = [e for e in earlier if (e["data"], e["setting"]) not in mine] + results
+        order = list(SETTINGS)
+        results.sort(key=lambda e: (e["data"] != "fashion-mnist", order.index(e["setting"])))
     command = "python benchmarks/pruning.py" + (" --lock /tmp/lqf-cpu.lock" if args.lock else "")
     payload = {
         "command": command,
@@ -196,7 +212,7 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
     lines = [
         "# Fine-Pruning benchmark",
         "",
-        HEADER.format(search=" ".join(SEARCH)),
+        HEADER,
         f"Hardware: {payload['hardware']['cpu']}, {payload['hardware']['cores']} cores, "
         f"torch {payload['hardware']['torch']} on the CPU. Run time of the reported runs (sum of the"
         " fine-tuning and prune runs, on a machine shared with other work):"
@@ -209,8 +225,8 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
         lines += [
             f"## {entry['data']}, setting {entry['setting']}",
             "",
-            f"Flags of every prune run: `{' '.join(SETTINGS[entry['setting']][0]) or 'defaults'}`; "
-            f"of bo and random also `{' '.join(SETTINGS[entry['setting']][1]) or '-'}`.",
+            f"Flags of every prune run: `{' '.join(SETTINGS[entry['setting']][0])}`; "
+            f"of bo and random also `{' '.join(SETTINGS[entry['setting']][1])}`.",
             "",
             f"Unpruned fine-tuned model ({entry['finetune_run']}): test "
             f"{100 * entry['runs']['bo']['reference_test_accuracy']:.2f}% on the 2,000 test images "
@@ -230,15 +246,26 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
                 f"| {r['packed_file_bytes'] / 2**20:.2f} ({r['dense_file_bytes'] / 2**20:.2f}) "
                 f"| {r['seconds']:.0f} | {overhead} |"
             )
-        for name in [n for n in ("bo", "random") if n in entry["runs"]]:
-            with open(os.path.join(ROOT, entry["runs"][name]["run_dir"], "history.json")) as handle:
-                rounds = json.load(handle)["rounds"]
+        for name in [n for n in ("bo", "random") if entry["runs"].get(n, {}).get("rounds")]:
+            run = entry["runs"][name]
             steps = ", ".join(
-                f"round {r['round']}: {r['compression']:.2f}x at {r['drop']:+.2f} points" for r in rounds
+                f"round {r['round']}: {r['compression']:.2f}x at {r['drop']:+.2f} points"
+                for r in run["rounds"]
             )
+            current = "--round-reference" in run["flags"]
+            origin = "the model before the round" if current else "the unpruned model"
             lines.append(
-                f"\n{name}: configuration chosen per round (validation, before fine-tuning): {steps}."
+                f"\n{name}: configuration chosen per round (validation, before fine-tuning; the drop from "
+                f"{origin}): {steps}."
             )
+            kept = [c for c in run.get("candidates") or [] if c["step"] == run.get("kept_step")]
+            if run.get("candidates"):
+                after = ", ".join(f"{c['compression']:.2f}x at {c['drop']:+.2f}" for c in run["candidates"])
+                lines.append(
+                    f"{name}: after each fine-tuning phase (validation drop from the unpruned model): "
+                    + f"{after}; "
+                    + (f"kept: {kept[0]['compression']:.2f}x." if kept else "none within the target.")
+                )
         lines += ["", "Largest compression with validation drop <= 1 point (chosen on validation):", ""]
         for family in ("bo", "random", "uniform", "global"):
             rows = [r for n, r in entry["runs"].items() if n.split("@")[0] == family]
