@@ -414,3 +414,26 @@ def test_current_reference_is_measured_on_the_fine_tuned_model(tmp_path, monkeyp
     for t in result.history["trials"]:  # every trial's drop is taken from its round's reference
         ref = result.history["rounds"][t["round"] - 1]["reference"]
         assert t["drop"] == pytest.approx(100 * (ref - t["accuracy"]), abs=1e-9)
+
+
+def test_continuous_schedule_is_one_cosine_over_all_phases() -> None:
+    import math
+
+    from lqf.pruning.finepruning import _continuous_schedule, plan
+
+    options = PruneOptions(rounds=2, round_epochs=1, final_epochs=2, tune_schedule="continuous", tune_lr=0.1)
+    steps = 3  # batches per epoch
+    seen = []
+    for index, (kind, epochs) in enumerate(plan(options)):
+        if kind != "tune":
+            continue
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=options.tune_lr)
+        scheduler = _continuous_schedule(opt, steps, index, options)
+        for _ in range(epochs * steps):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            scheduler.step()
+    total = options.tune_epochs * steps
+    assert len(seen) == total == 12
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)]
+    assert seen == pytest.approx(expected, abs=1e-15)

@@ -430,7 +430,10 @@ def _tune(model, masks, data, config, options, epochs, index, run, quiet, histor
     opt = torch.optim.AdamW(model.parameters(), lr=options.tune_lr, weight_decay=options.tune_weight_decay)
     phase = dataclasses.replace(config, epochs=epochs, seed=config.seed * 1009 + index + 1)
     steps = data.train.num_batches(config.batch_size)
-    scheduler = _schedule(opt, FinetuneOptions(lr=options.tune_lr), steps, epochs)
+    if options.tune_schedule == "continuous":
+        scheduler = _continuous_schedule(opt, steps, index, options)
+    else:
+        scheduler = _schedule(opt, FinetuneOptions(lr=options.tune_lr), steps, epochs)
     ctx = FitContext(config=phase, run=None, quiet=quiet)
     torch.manual_seed(phase.seed)  # dropout: the same in a resumed run
     handle = masks.attach(opt)
@@ -445,6 +448,18 @@ def _tune(model, masks, data, config, options, epochs, index, run, quiet, histor
     last = ctx.history[-1]
     say(f"fine-tuned {epochs} epoch(s) with the masks: val accuracy {100 * last['val_accuracy']:.2f}%")
     return float(last["val_accuracy"])
+
+
+def _continuous_schedule(opt, steps: int, index: int, options: PruneOptions):
+    """The part of one cosine over all fine-tuning epochs (``options.tune_epochs``) that the
+    phase at step ``index`` of the plan covers: factor ``(1 + cos(pi * (s0 + s) / S)) / 2``."""
+    before = sum(arg for kind, arg in plan(options)[:index] if kind == "tune")
+    offset, total = before * steps, max(1, options.tune_epochs * steps)
+
+    def factor(step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (offset + step) / total)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _keep_if_best(model, masks, val, step, options, history, run, say, kept) -> None:

@@ -11,6 +11,7 @@ from lqf.pruning.layers import GROUPINGS
 
 STRATEGIES = ("bo", "random", "uniform", "global")
 REFERENCES = ("start", "current")
+SCHEDULES = ("phase", "continuous")
 
 
 @dataclass
@@ -70,6 +71,12 @@ class PruneOptions:
     val_subset: int | None = option(None, "validation images used by each trial (default: all)")
     tune_lr: float = option(3e-4, "AdamW learning rate of the fine-tuning phases (cosine per phase)")
     tune_weight_decay: float = option(0.01, "AdamW weight decay of the fine-tuning phases")
+    tune_schedule: str = option(
+        "phase",
+        "learning rate of the fine-tuning phases: phase (a cosine from --tune-lr in every phase) or "
+        "continuous (one cosine over all phases; each phase goes on where the previous one stopped)",
+        choices=SCHEDULES,
+    )
     half: bool = option(False, "store the compressed checkpoint in float16")
 
     def __post_init__(self) -> None:
