@@ -52,6 +52,9 @@ from common import fit_run, hardware, summarise  # noqa: E402
 
 HEADS = ("linear", "fixed-hadamard", "fixed-orthogonal")
 SEEDS = (0, 1, 2)
+#: methods run with more seeds: with 3, LQF's fixed-orthogonal head on fashion-mnist was 0.55 points
+#: from the learned head with a paired seed-to-seed spread of 1.3 points
+METHOD_SEEDS = {"lqf": (0, 1, 2, 3, 4)}
 
 #: the settings: shared flags and the data sets they run on
 SETTINGS = {
@@ -155,7 +158,8 @@ def configuration(setting: str, data: str, method: str, head: str, train: bool) 
         selection.append({"flags": flags, "label": label, "metrics": m})
     best = max(selection, key=lambda s: s["metrics"]["val_accuracy"])
     per_seed = [best["metrics"]]
-    for seed in SEEDS[1:]:
+    seeds = METHOD_SEEDS.get(method, SEEDS)
+    for seed in seeds[1:]:
         flags = [*base, *model(seed), *best["flags"], "--seed", str(seed)]
         m = get(f"{prefix}/chosen-seed{seed}", flags)
         if m is None:
@@ -168,7 +172,7 @@ def configuration(setting: str, data: str, method: str, head: str, train: bool) 
         "head": head,
         "chosen": best["label"],
         "command_flags": base + best["flags"],
-        "seeds": list(SEEDS),
+        "seeds": list(seeds),
         "n_train": per_seed[0]["n_train"],
         "n_test": per_seed[0]["n_test"],
         "test_accuracy": summarise([m["test_accuracy"] for m in per_seed]),
@@ -263,7 +267,8 @@ def write(results: list[dict]) -> None:
         "",
         f"Command: `python benchmarks/heads_accuracy.py` (run in pieces; runs are cached). Hardware: "
         f"{hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} on the CPU, shared with other work. "
-        f"Seeds {list(SEEDS)}; mean ± std over seeds. Wall time of all runs {wall / 60:.0f} min.",
+        f"Seeds {list(SEEDS)} ({', '.join(f'{m} {list(v)}' for m, v in METHOD_SEEDS.items())}); "
+        f"mean ± std over seeds. Wall time of all runs {wall / 60:.0f} min.",
         "",
         "* transfer: `" + " ".join(SETTINGS["transfer"]["flags"]) + "`",
         "* scratch: a small CNN from random weights (one initialisation per seed), `"
