@@ -6,6 +6,9 @@ budget is 8 epochs for every configuration, on fashion-mnist (the fine-tuned
 per class, 64 px; test on a fixed stratified 2,000 images):
 
 * ``global`` pruned once to 5x, 8x and 11x, then fine-tuned in one 8-epoch phase;
+* one search round (``bo``, and ``random`` search), the most compressed rates that lose at most
+  20 points before fine-tuning, then one 8-epoch phase: the searched per-layer rates against the
+  global threshold's at about the same compression;
 * the joint loop (``bo``) with each round's drop measured from the current model
   (``--round-reference current``), ending with the most compressed model within 1 point of
   validation accuracy (``--keep-best``): short rounds (6 x 1 epoch + 2, drop 3 points per round),
@@ -48,6 +51,14 @@ CONFIGS = {
     "bo, 6 rounds x 1 epoch + 2, round drop 3": (
         "bo-cur3",
         [*LOOP, "--round-drop", "3", "--rounds", "6", "--round-epochs", "1", "--final-epochs", "2"],
+    ),
+    "bo, 1 round, drop <= 20 before one 8-epoch phase": (
+        "bo-once20",
+        ["--strategy", "bo", "--target-drop", "20", "--trials", "10", "--startup-trials", "4", *ONCE],
+    ),
+    "random, 1 round, drop <= 20 before one 8-epoch phase": (
+        "random-once20",
+        ["--strategy", "random", "--target-drop", "20", "--trials", "10", "--startup-trials", "4", *ONCE],
     ),
     "bo, 2 rounds x 3 epochs + 2, round drop 20": (
         "bo-cur20",
@@ -128,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "In the joint loop each round's drop is measured from the model the previous round's "
         "fine-tuning left; the run ends with the most compressed model after a fine-tuning phase "
-        "whose validation drop is within 1 point, or with the last one if none is.",
+        "whose validation drop is within 1 point, or with the last one if none is. The searches "
+        "(bo, random) choose one fraction per layer group (`--groups stage`, 10 groups) and prune "
+        "each layer of a group by that fraction of its own weights; their first trials are the group "
+        "fractions a global threshold gives (1.5x, 2.6x, 4.6x, 8x). The one-shot global strategy "
+        "prunes by one threshold across all 49 layers, so its per-layer fractions are free.",
         "",
     ]
     with open(os.path.join(RESULTS, "pruning_budget.md"), "w") as handle:
