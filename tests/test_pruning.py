@@ -419,7 +419,7 @@ def test_current_reference_is_measured_on_the_fine_tuned_model(tmp_path, monkeyp
 def test_continuous_schedule_is_one_cosine_over_all_phases() -> None:
     import math
 
-    from lqf.pruning.finepruning import _continuous_schedule, plan
+    from lqf.pruning.finepruning import _phase_schedule, plan
 
     options = PruneOptions(rounds=2, round_epochs=1, final_epochs=2, tune_schedule="continuous", tune_lr=0.1)
     steps = 3  # batches per epoch
@@ -428,7 +428,7 @@ def test_continuous_schedule_is_one_cosine_over_all_phases() -> None:
         if kind != "tune":
             continue
         opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=options.tune_lr)
-        scheduler = _continuous_schedule(opt, steps, index, options)
+        scheduler = _phase_schedule(opt, steps, epochs, index, options)
         for _ in range(epochs * steps):
             seen.append(opt.param_groups[0]["lr"])
             opt.step()

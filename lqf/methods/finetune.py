@@ -89,11 +89,14 @@ def _bn_frozen_train(model: nn.Module) -> None:
             m.eval()
 
 
-def _schedule(opt: torch.optim.Optimizer, options: FinetuneOptions, steps: int, epochs: int):
+def _schedule(opt: torch.optim.Optimizer, options: FinetuneOptions, steps: int, epochs: int, offset: int = 0):
+    """Warm-up, then cosine (or constant) over ``steps * epochs`` steps; ``offset``: start that
+    many steps into it (a phase of a longer schedule)."""
     total = steps * epochs
     warmup = int(round(options.warmup_epochs * steps))
 
     def factor(step: int) -> float:
+        step += offset
         if step < warmup:
             return (step + 1) / warmup
         if options.schedule == "constant":

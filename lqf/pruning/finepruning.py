@@ -257,6 +257,7 @@ def prune(
         first = int(state["step"]) + 1
     steps = plan(options)
     kept: dict[str, Any] = {}  # the state of history["best"], once this process has it
+    keeping = options.searched and options.keep_best and objective.constrained
     recal = bn_batches(data, config.batch_size, options.bn_batches, config.seed + 7919)
     measure = MaskedAccuracy(model, layers, subset, eval_batch, device, recal)
     for index, (kind, arg) in enumerate(steps):
@@ -283,19 +284,19 @@ def prune(
             _prune_once(layers, masks, options, history, say)
         elif arg > 0:
             val = _tune(model, masks, data, config, options, arg, index, run, quiet, history, say)
-            if options.searched and options.keep_best and objective.constrained:
-                _keep_if_best(model, masks, val, index, options, history, run, say, kept)
+            if keeping:
+                _keep_if_best(model, masks, val, index, options, history, run, kept)
         history["steps"] = [s for s in history["steps"] if s["step"] != index]
         history["steps"].append({"step": index, "kind": kind, "seconds": time.perf_counter() - step_start})
         _save_history(run, history)
         if run is not None:
             run.save_checkpoint({"step": index, "model": model.state_dict(), "masks": masks.state_dict()})
-    if options.searched and options.keep_best and objective.constrained:
+    if keeping:
         last = len(steps) - 1
         if steps[last][1] == 0:  # no final fine-tuning: the model as the last search left it
             model.eval()
             val = evaluate(model, data.val, batch_size=eval_batch, device=device)["accuracy"]
-            _keep_if_best(model, masks, val, last, options, history, run, say, kept)
+            _keep_if_best(model, masks, val, last, options, history, run, kept)
         _restore_best(model, masks, history, run, last, say, kept, options.epsilon)
     model.eval()
     metrics = _finish(model, masks, data, config, options, history, run, eval_batch, quiet)
@@ -422,7 +423,6 @@ def _prune_once(layers, masks, options, history, say):
 
 def _tune(model, masks, data, config, options, epochs, index, run, quiet, history, say):
     from lqf.methods.base import FitContext
-    from lqf.methods.finetune import FinetuneOptions, _schedule
     from lqf.training import train_epochs
 
     for p in model.parameters():
@@ -430,10 +430,7 @@ def _tune(model, masks, data, config, options, epochs, index, run, quiet, histor
     opt = torch.optim.AdamW(model.parameters(), lr=options.tune_lr, weight_decay=options.tune_weight_decay)
     phase = dataclasses.replace(config, epochs=epochs, seed=config.seed * 1009 + index + 1)
     steps = data.train.num_batches(config.batch_size)
-    if options.tune_schedule == "continuous":
-        scheduler = _continuous_schedule(opt, steps, index, options)
-    else:
-        scheduler = _schedule(opt, FinetuneOptions(lr=options.tune_lr), steps, epochs)
+    scheduler = _phase_schedule(opt, steps, epochs, index, options)
     ctx = FitContext(config=phase, run=None, quiet=quiet)
     torch.manual_seed(phase.seed)  # dropout: the same in a resumed run
     handle = masks.attach(opt)
@@ -450,25 +447,31 @@ def _tune(model, masks, data, config, options, epochs, index, run, quiet, histor
     return float(last["val_accuracy"])
 
 
-def _continuous_schedule(opt, steps: int, index: int, options: PruneOptions):
-    """The part of one cosine over all fine-tuning epochs (``options.tune_epochs``) that the
-    phase at step ``index`` of the plan covers: factor ``(1 + cos(pi * (s0 + s) / S)) / 2``."""
+def _phase_schedule(opt, steps: int, epochs: int, index: int, options: PruneOptions):
+    """The learning rate of the fine-tuning phase at step ``index`` of the plan: a cosine over
+    its own ``epochs`` (``--tune-schedule phase``), or the part of one cosine over all fine-tuning
+    epochs that this phase covers (``continuous``)."""
+    from lqf.methods.finetune import FinetuneOptions, _schedule
+
+    schedule = FinetuneOptions(lr=options.tune_lr)
+    if options.tune_schedule == "phase":
+        return _schedule(opt, schedule, steps, epochs)
     before = sum(arg for kind, arg in plan(options)[:index] if kind == "tune")
-    offset, total = before * steps, max(1, options.tune_epochs * steps)
-
-    def factor(step: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (offset + step) / total)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return _schedule(opt, schedule, steps, options.tune_epochs, offset=before * steps)
 
 
-def _keep_if_best(model, masks, val, step, options, history, run, say, kept) -> None:
+def _keep_if_best(model, masks, val, step, options, history, run, kept) -> None:
     """Record the model after ``step`` as a candidate; keep it if it is the most compressed one
     whose validation drop from the unpruned model is within ``--target-drop``."""
     drop = 100.0 * (history["reference"]["val_accuracy"] - val)
     rate = masks.counts().rate
-    entry = {"step": step, "round": len(history["rounds"]), "val_accuracy": val, "drop": drop}
-    entry["compression"] = rate
+    entry = {
+        "step": step,
+        "round": len(history["rounds"]),
+        "val_accuracy": val,
+        "drop": drop,
+        "compression": rate,
+    }
     history["candidates"] = [c for c in history.get("candidates", []) if c["step"] != step] + [entry]
     best = history.get("best")
     beaten = best is not None and best["step"] != step and rate <= best["compression"]
