@@ -79,6 +79,16 @@ def size_flags(variant: str, shots: int) -> list[str]:
     return MANY_SHOTS + (SGD_MANY_SHOTS if "sgd" in variant else [])
 
 
+def flags_of(variant: str, data: str, shots: int, seed: int, extra: list[str]) -> list[str]:
+    """The ``lqf fit`` flags of one run (``extra``: e.g. the chosen learning rate)."""
+    return [
+        *VARIANTS[variant],
+        *extra,
+        *["--data", data, "--shots", str(shots), "--seed", str(seed)],
+        *size_flags(variant, shots),
+    ]
+
+
 EXECUTED: list[str] = []
 LOCK = os.environ.get("LQF_BENCH_LOCK")
 
@@ -114,8 +124,7 @@ def select(variant: str, data: str, shots: int, cached: bool) -> tuple[list[str]
         tag = tag_of(variant, data, shots, 0, extra)
         if cached and not os.path.isdir(os.path.join(RUNS, tag)):
             return [], []
-        flags = [*VARIANTS[variant], *extra, "--data", data, "--shots", str(shots), "--seed", "0"]
-        m = run(tag, flags, allow_failure=True)
+        m = run(tag, flags_of(variant, data, shots, 0, extra), allow_failure=True)
         records.append(
             {
                 "flags": extra,
@@ -149,10 +158,6 @@ def prefetch(items: list[tuple[str, str, int]], seeds: list[int], jobs: int) -> 
     so set ``OMP_NUM_THREADS`` (e.g. to 1) to keep ``jobs`` of them from oversubscribing the cores.
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    def flags_of(variant: str, data: str, shots: int, seed: int, extra: list[str]) -> list[str]:
-        tail = size_flags(variant, shots)
-        return [*VARIANTS[variant], *extra, "--data", data, "--shots", str(shots), "--seed", str(seed), *tail]
 
     def pool(tasks: list[tuple[str, list[str], bool]]) -> None:
         with ThreadPoolExecutor(max_workers=jobs) as executor:
@@ -226,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             # seed 0 of a selected variant is its selection run itself
             tag = tag_of(variant, data, shots, seed, chosen if seed == 0 else [])
-            flags = [*VARIANTS[variant], *chosen, "--data", data, "--shots", str(shots), "--seed", str(seed)]
-            flags += size_flags(variant, shots)
+            flags = flags_of(variant, data, shots, seed, chosen)
             if args.cached and not os.path.isfile(os.path.join(RUNS, tag, "metrics.json")):
                 continue
             per_seed.append(run(tag, flags))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,10 +35,10 @@ ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, HERE)
 from common import hardware  # noqa: E402
-from pruning import MAX_TEST, RUNS, finetune  # noqa: E402
+from pruning import finetune, prune  # noqa: E402
 
 DATA = "fashion-mnist"
-BUDGET_DIR = os.path.join(RUNS, DATA, "budget")
+SETTING = "budget"  # the runs live in benchmarks/runs/pruning/fashion-mnist/budget/
 ONCE = ["--rounds", "1", "--round-epochs", "0", "--final-epochs", "8"]
 LOOP = ["--strategy", "bo", "--target-drop", "1", "--round-reference", "current"]
 LOOP += ["--trials", "10", "--startup-trials", "4"]
@@ -72,25 +71,6 @@ CONFIGS = {
 }
 
 
-def run(source: str, tag: str, flags: list[str], cached: bool) -> dict | None:
-    out = os.path.join(BUDGET_DIR, tag)
-    metrics = os.path.join(out, "metrics.json")
-    if not os.path.isfile(metrics):
-        if cached:
-            return None
-        if os.path.isfile(os.path.join(out, "config.json")):
-            cmd = ["prune", "--resume", out, "--quiet"]
-        else:
-            cmd = ["prune", "--from", source, "--out", out, "--quiet", *MAX_TEST, *flags]
-        print("$ python -m lqf", " ".join(cmd), flush=True)
-        subprocess.run([sys.executable, "-m", "lqf", *cmd], check=True, cwd=ROOT)
-    with open(metrics) as handle:
-        result = json.load(handle)
-    with open(os.path.join(out, "history.json")) as handle:
-        result["rounds"] = json.load(handle)["rounds"]
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cached", action="store_true", help="report finished runs only")
@@ -98,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     source = finetune(DATA, None)
     rows = []
     for name, (tag, flags) in CONFIGS.items():
-        r = run(source, tag, flags, args.cached)
+        r = prune(DATA, tag, source, flags, None, SETTING, args.cached)
         if r is not None:
             rows.append({"name": name, "flags": flags, **r})
     payload = {"command": "python benchmarks/pruning_budget.py", "hardware": hardware(), "results": rows}
