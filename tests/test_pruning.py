@@ -208,12 +208,15 @@ def _tiny_setup(tmp_path: Path):
     return config, data, lambda: build_model(config.model, 3, generator=torch.Generator().manual_seed(0))
 
 
-def test_interrupted_prune_resumes_without_repeating_trials(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("space", ["threshold", "fraction"])
+def test_interrupted_prune_resumes_without_repeating_trials(tmp_path: Path, monkeypatch, space) -> None:
     from lqf.pruning import finepruning
     from lqf.runs import RunDirectory
 
     config, data, make_model = _tiny_setup(tmp_path)
-    options = PruneOptions(rounds=2, trials=4, startup_trials=2, warm_start=1, round_epochs=1, final_epochs=1)
+    options = PruneOptions(
+        rounds=2, trials=4, startup_trials=2, warm_start=1, round_epochs=1, final_epochs=1, space=space
+    )
     calls = {"n": 0, "stop_at": 6}
     original = finepruning.MaskedAccuracy.__call__
 
@@ -264,6 +267,8 @@ def test_one_shot_baselines_reach_the_target_compression(tmp_path: Path, strateg
         (["--target-drop", "1", "--gamma", "0.5"], ["either --target-drop or --gamma"]),
         (["--strategy", "uniform"], ["needs --target-compression"]),
         (["--round-drop", "-0.5"], ["--round-drop must be >= 0", "-0.5"]),
+        (["--max-step", "1"], ["--max-step must be a number > 1", "got 1.0"]),
+        (["--space", "cube"], ["--space", "invalid choice", "'cube'"]),
         (["--exclude", "features.9"], ["'features.9'", "not a prunable layer", "features.0"]),
     ],
 )
@@ -338,6 +343,77 @@ def test_global_starts_reproduce_global_pruning_per_layer() -> None:
     assert all(torch.equal(layer_masks(layers, starts[-1])[n], expected[n]) for n in expected)
 
 
+# -- the threshold search space -----------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(
+    step=st.floats(1.0, 6.0),
+    scales=st.lists(st.floats(-1.0, 1.0), min_size=3, max_size=3),
+    seed=st.integers(0, 1000),
+)
+def test_threshold_space_compression_is_exact_and_masks_only_grow(step, scales, seed) -> None:
+    from lqf.pruning.spaces import STEP, ThresholdSpace
+
+    torch.manual_seed(seed)
+    _, layers = _tiny_layers(include_head=True, grouping="layer")
+    for layer in layers:  # fresh weights, no ties
+        nn.init.normal_(layer.module.weight)
+    masks = MaskSet(layers)
+    masks.update(global_masks(layers, 0.4))  # an earlier round pruned 40%
+    before = masks.state_dict()
+    space = ThresholdSpace(layers, max_step=8.0, group_factor=2.0)
+    assert space.rate0 == pytest.approx(1 / 0.6, rel=1e-3)
+    point = {STEP: step} | {g: s for g, s in zip(space.groups, scales, strict=True)}
+    new = space.masks(point)
+    # the exact count, without masks, equals the count of the masks
+    assert [c.kept for c in space.compression(point).layers] == [int(new[x.name].sum()) for x in layers]
+    # pruned weights stay pruned
+    assert all(not torch.any(new[n] & ~before[n]) for n in before)
+    # every layer's threshold separates kept from pruned magnitudes
+    for x, thr in zip(layers, space.thresholds(point), strict=True):
+        w = x.module.weight.detach().abs()
+        assert torch.all(w[new[x.name]] > thr) and torch.all(w[~new[x.name]] <= thr)
+
+
+def test_threshold_space_without_factors_is_global_pruning() -> None:
+    from lqf.pruning.spaces import STEP, ThresholdSpace
+
+    torch.manual_seed(0)
+    _, layers = _tiny_layers(include_head=True, grouping="stage")
+    for layer in layers:
+        nn.init.normal_(layer.module.weight)
+    total = sum(x.numel for x in layers)
+    space = ThresholdSpace(layers, max_step=10.0)
+    assert space.rate0 == 1.0
+    for step in (1.0, 1.5, 4.0, 10.0):
+        point = {STEP: step} | dict.fromkeys(space.groups, 0.0)
+        keep = round(total / step)
+        expected = global_masks(layers, 1 - keep / total)  # one threshold, exactly `keep` weights left
+        got = space.masks(point)
+        assert all(torch.equal(got[n], expected[n]) for n in expected), step
+        assert space.compression(point).rate == pytest.approx(total / keep, rel=1e-12)
+    assert space.identity() == {STEP: 1.0} | dict.fromkeys(space.groups, 0.0)
+    assert all(torch.all(m) for m in space.masks(space.identity()).values())
+    starts = space.starts(3)
+    assert [p[STEP] for p in starts] == pytest.approx([1.25, 1.25 * 8**0.5, 10.0])
+
+
+def test_a_threshold_round_prunes_what_its_trial_reported(tmp_path: Path) -> None:
+    from lqf.pruning.finepruning import prune
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    options = PruneOptions(
+        rounds=2, trials=4, startup_trials=2, round_epochs=1, final_epochs=0, max_step=3, keep_best=False
+    )
+    result = prune(make_model(), data, config, options, quiet=True)
+    assert options.space == "threshold"
+    rounds, trials = result.history["rounds"], result.history["trials"]
+    for r in rounds:
+        chosen = next(t for t in trials if (t["round"], t["number"]) == (r["round"], r["number"]))
+        assert r["compression"] == chosen["compression"] and r["space"] == "threshold"
+    assert rounds[1]["compression"] >= rounds[0]["compression"]  # compression only grows
+    assert result.masks.counts().rate == pytest.approx(rounds[-1]["compression"], rel=1e-12)
+
+
 # -- keeping the best candidate, and the drop measured from the current model --------------------------
 def _scripted_tune(monkeypatch, drops: list[float], seen: list[dict]):
     """Replace fine-tuning by a scripted one: it shifts the kept weights (so that every phase's
@@ -362,7 +438,9 @@ def _scripted_tune(monkeypatch, drops: list[float], seen: list[dict]):
     monkeypatch.setattr(finepruning, "_tune", tune)
 
 
-@pytest.mark.parametrize("drops", [[0.5, 0.2, 5.0, 3.0], [0.5, 4.0, 0.9, 0.1], [2.0, 3.0, 4.0, 5.0]])
+@pytest.mark.parametrize(
+    "drops", [[0.5, 0.2, 5.0, 3.0], [0.5, 4.0, 0.9, 0.1], [0.5, 4.0, 0.1, 0.9], [2.0, 3.0, 4.0, 5.0]]
+)
 def test_keep_best_ends_with_the_most_compressed_feasible_candidate(tmp_path, monkeypatch, drops) -> None:
     from lqf.pruning import finepruning
     from lqf.runs import RunDirectory
@@ -381,8 +459,8 @@ def test_keep_best_ends_with_the_most_compressed_feasible_candidate(tmp_path, mo
     if not feasible:  # nothing within the target: the last model, reported as it is
         expected = seen[-1]
         assert result.metrics["kept_step"] is None
-    else:  # the most compressed; among equals, the first
-        expected = max(feasible, key=lambda s: (s["rate"], -s["step"]))
+    else:  # the most compressed; among equals the most accurate, then the last
+        expected = max(feasible, key=lambda s: (s["rate"], s["val"], s["step"]))
         assert result.metrics["kept_step"] == expected["step"]
     assert all(torch.equal(final[k], expected["state"][k]) for k in final)
     assert result.metrics["compression"] == pytest.approx(expected["rate"], rel=1e-12)

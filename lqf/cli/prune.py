@@ -71,7 +71,9 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, str | None, str]:
         source = saved.get("source")
         config = from_dict(FitConfig, saved["run"], source=run.file("config.json"))
         ft = from_dict(FinetuneOptions, saved.get("method_options", {}), source=run.file("config.json"))
-        options = from_dict(PruneOptions, saved["prune_options"], source=run.file("config.json"))
+        # runs saved before --space existed searched per-group fractions
+        saved_options = {"space": "fraction"} | saved["prune_options"]
+        options = from_dict(PruneOptions, saved_options, source=run.file("config.json"))
         return config, ft, options, source, args.resume
     options = from_dict(PruneOptions, prune_flags, source="the command line")
     if args.source:

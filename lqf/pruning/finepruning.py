@@ -10,7 +10,8 @@ network is fine-tuned::
     for round r = 1 .. R:
         search: T trials, each = masks for theta from the current weights'
                 magnitudes -> accuracy on the validation subset (no training);
-                Bayesian optimisation proposes theta (lqf.pruning.search)
+                Bayesian optimisation proposes theta (lqf.pruning.search) in
+                the search space (lqf.pruning.spaces)
         prune:  apply the masks of the round's best theta
         tune:   fine-tune --round-epochs with the masks held (lqf.pruning.masks)
     final:  fine-tune --final-epochs
@@ -29,9 +30,15 @@ whose validation drop from the unpruned model is within ``--target-drop``
 cannot spoil the result. The final drop on test is measured and reported, not
 guaranteed.
 
-A pruned weight has magnitude 0, so a later round with a smaller fraction for
-its group can give it back (it restarts from 0); theta therefore adapts in
-both directions. The baselines share the budget of fine-tuning epochs
+What theta is depends on ``--space``. ``threshold`` (the default): one global
+magnitude threshold, set by how much more compression it would add, times one
+factor per group; pruned weights (0) stay pruned, so compression only grows
+from round to round, and the plain global threshold is one point of the space.
+``fraction``: one pruning fraction per group, each layer pruned by that fraction
+of its own weights; a later round with a smaller fraction can give a pruned
+weight back (it restarts from 0), so theta adapts in both directions.
+
+The baselines share the budget of fine-tuning epochs
 (``R * round_epochs + final_epochs``): ``uniform`` prunes every layer by one
 fraction and ``global`` by one magnitude threshold, once, then fine-tune;
 ``random`` is the loop above with random search.
@@ -63,6 +70,7 @@ from lqf.pruning.masks import MaskSet, global_masks, layer_masks, theta_for_comp
 from lqf.pruning.objective import Objective
 from lqf.pruning.options import PruneOptions
 from lqf.pruning.search import search_round
+from lqf.pruning.spaces import FractionSpace, make_space
 
 HISTORY = "history.json"
 PACKED = "model.packed.safetensors"
@@ -125,6 +133,8 @@ class MaskedAccuracy:
         self.bn_images = list(bn_images)
         self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.calls = 0
+        #: ``theta -> masks`` (the search round's space; per-group fractions until one is set)
+        self.masks_of: Callable[[Any], dict[str, torch.Tensor]] = lambda theta: layer_masks(layers, theta)
 
     @torch.no_grad()
     def __call__(self, theta) -> float:
@@ -132,7 +142,7 @@ class MaskedAccuracy:
 
         saved = [layer.module.weight.detach().clone() for layer in self.layers]
         saved_bn = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in self.norms]
-        masks = layer_masks(self.layers, theta)
+        masks = self.masks_of(theta)
         try:
             for layer in self.layers:
                 layer.module.weight.mul_(masks[layer.name])
@@ -317,12 +327,20 @@ def _search(
 ):
     from lqf.training.progress import progress
 
+    space = make_space(
+        options.space,
+        layers,
+        theta_max=options.theta_max,
+        max_step=options.max_step,
+        group_factor=options.group_factor,
+    )
+    measure.masks_of = space.masks
     if objective.constrained and options.round_drop is not None and round_index < options.rounds:
         objective = dataclasses.replace(objective, target_drop=options.round_drop)
     if options.round_reference == "current":
         # the current (masked, fine-tuned) weights, BatchNorm re-estimated as in every trial
         model.eval()
-        objective = dataclasses.replace(objective, reference=measure({g: 0.0 for g in groups}))
+        objective = dataclasses.replace(objective, reference=measure(space.identity()))
     done = [t for t in history["trials"] if t["round"] == round_index]
     previous = [t for t in history["trials"] if t["round"] == round_index - 1]
     warm: list[dict[str, float]] = []
@@ -333,7 +351,7 @@ def _search(
             if point not in warm:
                 warm.append(point)
         warm = warm[: options.warm_start]
-    warm += [p for p in global_starts(layers, options.global_starts, options.theta_max) if p not in warm]
+    warm += [p for p in space.starts(options.global_starts) if p not in warm]
     model.eval()
     remaining = range(options.trials - len(done))
     bar = iter(progress(remaining, desc=f"search {round_index}/{options.rounds}", quiet=quiet))
@@ -344,14 +362,12 @@ def _search(
         next(bar, None)
 
     records = search_round(
-        layers=layers,
-        groups=groups,
+        space=space,
         evaluate=measure,
         objective=objective,
         trials=options.trials,
         sampler="gp" if options.strategy == "bo" else "random",
         seed=config.seed * 1000 + round_index,
-        theta_max=options.theta_max,
         startup_trials=options.startup_trials,
         warm=warm,
         done=done,
@@ -359,11 +375,12 @@ def _search(
         round_index=round_index,
     )
     best = objective.best(records)
-    masks.update(layer_masks(layers, best["theta"]))
+    masks.update(space.masks(best["theta"]))
+    counts = masks.counts()
     history["rounds"] = [r for r in history["rounds"] if r["round"] != round_index]
     history["rounds"].append(
         {k: best[k] for k in ("round", "number", "theta", "accuracy", "drop", "removed", "compression")}
-        | {"reference": objective.reference}
+        | {"reference": objective.reference, "space": space.name, "fractions": _group_fractions(counts)}
     )
     say(
         f"round {round_index}: chose trial {best['number']} of {len(records)}: compression "
@@ -372,25 +389,24 @@ def _search(
     )
 
 
+def _group_fractions(counts) -> dict[str, float]:
+    """The fraction of each group's weights that is pruned."""
+    totals: dict[str, list[int]] = {}
+    for c in counts.layers:
+        t = totals.setdefault(c.group, [0, 0])
+        t[0] += c.total - c.kept
+        t[1] += c.total
+    return {g: k / n for g, (k, n) in totals.items()}
+
+
 def global_starts(layers: list[PrunableLayer], count: int, theta_max: float) -> list[dict[str, float]]:
     """Per-group fractions that one global magnitude threshold gives, at ``count`` compression
-    rates spaced geometrically from 1.5x to 8x (on the current weights).
+    rates spaced geometrically from 1.5x to 8x (on the current weights): the first trials of a
+    round in the fraction space (:meth:`~lqf.pruning.spaces.FractionSpace.starts`).
 
     Global magnitude pruning is a strong one-parameter heuristic; offering its rates as the
     first trials lets the search start from it and refine it group by group."""
-    if count <= 0:
-        return []
-    rates = [1.5 * (8 / 1.5) ** (i / max(1, count - 1)) for i in range(count)] if count > 1 else [3.0]
-    points = []
-    for rate in rates:
-        masks = global_masks(layers, theta_for_compression(rate))
-        pruned: dict[str, list[int]] = {}
-        for layer in layers:
-            done = pruned.setdefault(layer.group, [0, 0])
-            done[0] += int((~masks[layer.name]).sum())
-            done[1] += layer.numel
-        points.append({g: min(theta_max, k / n) for g, (k, n) in pruned.items()})
-    return points
+    return FractionSpace(layers, theta_max=theta_max).starts(count)
 
 
 def _rank(objective: Objective, trial: dict[str, Any]) -> tuple:
@@ -462,7 +478,8 @@ def _phase_schedule(opt, steps: int, epochs: int, index: int, options: PruneOpti
 
 def _keep_if_best(model, masks, val, step, options, history, run, kept) -> None:
     """Record the model after ``step`` as a candidate; keep it if it is the most compressed one
-    whose validation drop from the unpruned model is within ``--target-drop``."""
+    whose validation drop from the unpruned model is within ``--target-drop`` (at equal
+    compression the more accurate one; on a tie the later, more fine-tuned one)."""
     drop = 100.0 * (history["reference"]["val_accuracy"] - val)
     rate = masks.counts().rate
     entry = {
@@ -474,7 +491,12 @@ def _keep_if_best(model, masks, val, step, options, history, run, kept) -> None:
     }
     history["candidates"] = [c for c in history.get("candidates", []) if c["step"] != step] + [entry]
     best = history.get("best")
-    beaten = best is not None and best["step"] != step and rate <= best["compression"]
+    # a later phase at the same compression replaces the kept model unless it is less accurate
+    beaten = (
+        best is not None
+        and best["step"] != step
+        and (rate < best["compression"] or (rate == best["compression"] and val < best["val_accuracy"]))
+    )
     if drop > options.epsilon + 1e-9 or beaten:
         return
     kept["state"] = {
@@ -539,6 +561,7 @@ def _finish(model, masks, data, config, options, history, run, eval_batch, quiet
         "compression": counts.rate,
         "removed_fraction": counts.removed,
         "theta": _theta_of_result(history),
+        "group_fractions": _group_fractions(counts),
         "kept_step": history["best"]["step"] if history.get("best") else None,
         "candidates": history.get("candidates", []),
         "trials": len(trials),
@@ -567,7 +590,7 @@ def _finish(model, masks, data, config, options, history, run, eval_batch, quiet
 
 
 def _theta_of_result(history: dict[str, Any]) -> dict[str, float]:
-    """The rates of the round the final model comes from (the kept one's, if one was kept)."""
+    """The search point of the round the final model comes from (the kept one's, if one was kept)."""
     rounds = history["rounds"]
     if not rounds:
         return {}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from lqf.config import option
 from lqf.errors import LqfError
 from lqf.pruning.layers import GROUPINGS
+from lqf.pruning.spaces import SPACES
 
 STRATEGIES = ("bo", "random", "uniform", "global")
 REFERENCES = ("start", "current")
@@ -53,15 +54,27 @@ class PruneOptions:
     warm_start: int = option(3, "best configurations of the previous round re-evaluated first in a round")
     global_starts: int = option(
         4,
-        "first trials of every round: the per-group rates of one global magnitude threshold at this "
-        "many compression levels (1.5x to 8x)",
+        "first trials of every round: one global magnitude threshold at this many compression levels "
+        "(threshold space: steps 1.25 to --max-step; fraction space: its per-group rates at 1.5x to 8x)",
     )
     round_epochs: int = option(1, "fine-tuning epochs after each search round")
     final_epochs: int = option(2, "fine-tuning epochs after the last round")
     target_compression: float | None = option(
         None, "uniform, global: the compression rate (prunable params / kept) to prune to, e.g. 5"
     )
-    theta_max: float = option(0.95, "largest pruning fraction of any layer group")
+    space: str = option(
+        "threshold",
+        "what the search chooses: threshold (one global magnitude threshold, set by how much more "
+        "compression it adds in the round, times one factor per layer group; pruned weights stay "
+        "pruned) or fraction (one pruning fraction of its own weights per layer group; a round may "
+        "give pruned weights back)",
+        choices=SPACES,
+    )
+    max_step: float = option(3.0, "threshold space: largest compression factor one round may add")
+    group_factor: float = option(
+        2.0, "threshold space: a group's threshold lies between the global one / and * this factor"
+    )
+    theta_max: float = option(0.95, "fraction space: largest pruning fraction of any layer group")
     groups: str = option("stage", "layers sharing one pruning fraction: stage or layer", choices=GROUPINGS)
     prune_head: bool = option(False, "prune the classification head too")
     exclude: str = option("", "comma-separated layer names (or prefixes) never pruned")
@@ -111,6 +124,14 @@ class PruneOptions:
             (self.round_epochs < 0, f"--round-epochs must be >= 0, got {self.round_epochs}"),
             (self.final_epochs < 0, f"--final-epochs must be >= 0, got {self.final_epochs}"),
             (not 0 < self.theta_max < 1, f"--theta-max must be in (0, 1), got {self.theta_max}"),
+            (
+                not self.max_step > 1 or not math.isfinite(self.max_step),
+                f"--max-step must be a number > 1, got {self.max_step}",
+            ),
+            (
+                not self.group_factor >= 1 or not math.isfinite(self.group_factor),
+                f"--group-factor must be a number >= 1, got {self.group_factor}",
+            ),
             (
                 self.val_subset is not None and self.val_subset < 1,
                 f"--val-subset must be >= 1, got {self.val_subset}",

@@ -2,10 +2,12 @@
 
 The loop is ours; Optuna only proposes points (ask/tell). With
 ``sampler="gp"`` the proposals come from Optuna's ``GPSampler``: a Gaussian
-process over ``theta in [0, theta_max]^G`` and expected improvement, in the
+process over the box of the search space (:mod:`lqf.pruning.spaces`) and
+expected improvement, in the
 constraint form weighted by the probability that a second GP (fitted to the
 accuracy drop) predicts the point feasible. ``sampler="random"`` draws
-``theta`` uniformly (the random-search baseline).
+``theta`` uniformly in the box (log-uniformly along a log dimension: the
+random-search baseline).
 
 A trial costs one call of ``evaluate(theta)`` (accuracy of the current
 weights with the trial's masks, on a validation subset) plus the sampler's
@@ -31,7 +33,6 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lqf.pruning.masks import predicted_compression
 from lqf.pruning.objective import Objective
 
 SAMPLERS = ("gp", "random")
@@ -54,14 +55,12 @@ def make_sampler(kind: str, *, seed: int, startup_trials: int):
 
 def search_round(
     *,
-    layers: list,
-    groups: list[str],
+    space,
     evaluate: Callable[[Mapping[str, float]], float],
     objective: Objective,
     trials: int,
     sampler: str = "gp",
     seed: int = 0,
-    theta_max: float = 0.95,
     startup_trials: int = 8,
     warm: list[Mapping[str, float]] = (),
     done: list[dict[str, Any]] = (),
@@ -71,14 +70,13 @@ def search_round(
     """Run ``trials`` trials (``len(done)`` of them already finished); returns all records.
 
     Args:
-        layers: the prunable layers (for exact compression counts).
-        groups: the search dimensions, one fraction per group.
+        space: the search space (:mod:`lqf.pruning.spaces`): its dimensions and the exact
+            compression of a point.
         evaluate: ``theta -> accuracy`` on the validation subset.
         objective: the objective and its reference accuracy.
         trials: trials in this round, warm-start trials included.
         sampler: ``gp`` or ``random``.
         seed: the sampler's seed.
-        theta_max: upper bound of every fraction.
         startup_trials: trials before the GP takes over (random or warm).
         warm: configurations re-evaluated first (previous round's best).
         done: records of this round's finished trials (after an interruption).
@@ -89,14 +87,22 @@ def search_round(
     ``drop``, ``value``, ``feasible``, ``sampler_seconds``, ``eval_seconds``.
     """
     optuna = _optuna()
-    distributions = {g: optuna.distributions.FloatDistribution(0.0, theta_max) for g in groups}
+    bounds = space.bounds()
+    distributions = {
+        name: optuna.distributions.FloatDistribution(low, high, log=log)
+        for name, (low, high, log) in bounds.items()
+    }
+
+    def clip(point: Mapping[str, float]) -> dict[str, float]:
+        return {name: min(high, max(low, float(point[name]))) for name, (low, high, _) in bounds.items()}
+
     study = optuna.create_study(
         direction="maximize", sampler=make_sampler(sampler, seed=seed, startup_trials=startup_trials)
     )
     records = [dict(r) for r in done]
     for r in records:
         frozen = optuna.trial.create_trial(
-            params={g: min(theta_max, float(r["theta"][g])) for g in groups},
+            params=clip(r["theta"]),
             distributions=distributions,
             value=r["value"],
         )
@@ -104,15 +110,15 @@ def search_round(
             frozen.set_constraint(CONSTRAINT, objective.violation(r["accuracy"]))
         study.add_trial(frozen)
     for point in list(warm)[len(records) :]:
-        study.enqueue_trial({g: min(theta_max, float(point[g])) for g in groups})
+        study.enqueue_trial(clip(point))
     for number in range(len(records), trials):
         start = time.perf_counter()
         trial = study.ask(distributions)
         asked = time.perf_counter()
-        theta = {g: float(trial.params[g]) for g in groups}
+        theta = {name: float(trial.params[name]) for name in bounds}
         accuracy = float(evaluate(theta))
         evaluated = time.perf_counter()
-        removed = predicted_compression(layers, theta)
+        removed = space.compression(theta)
         value = objective.value(accuracy, removed.removed)
         if objective.constrained:
             trial.set_constraint(CONSTRAINT, objective.violation(accuracy))
