@@ -279,7 +279,6 @@ def prune(
                 arg,
                 model,
                 layers,
-                groups,
                 masks,
                 measure,
                 objective,
@@ -322,9 +321,7 @@ def prune(
     return PruneResult(model=model, masks=masks, metrics=metrics, history=history)
 
 
-def _search(
-    round_index, model, layers, groups, masks, measure, objective, options, config, history, run, quiet, say
-):
+def _search(round_index, model, layers, masks, measure, objective, options, config, history, run, quiet, say):
     from lqf.training.progress import progress
 
     space = make_space(
