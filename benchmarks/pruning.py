@@ -57,8 +57,9 @@ SEARCH = ["--target-drop", "1", "--trials", "14", "--startup-trials", "5", "--sp
 BUDGET8 = ["--rounds", "4", "--round-epochs", "1", "--final-epochs", "4"]
 #: the threshold space, drops measured from the current model (round drop chosen on validation,
 #: fashion-mnist seed 0: benchmarks/results/pruning_budget.md)
-SEARCH8 = ["--target-drop", "1", "--space", "threshold", "--round-reference", "current"]
-SEARCH8 += ["--round-drop", "3", "--max-step", "3", "--trials", "12", "--startup-trials", "5"]
+THRESHOLD_SEARCH = ["--target-drop", "1", "--space", "threshold", "--round-reference", "current"]
+THRESHOLD_SEARCH += ["--max-step", "3", "--trials", "12", "--startup-trials", "5"]
+SEARCH8 = [*THRESHOLD_SEARCH, "--round-drop", "3"]
 #: test images of the first settings (a fixed stratified subset for fashion-mnist; animal-mnist has
 #: 2,000); the threshold setting tests on the whole test split
 MAX_TEST = ["--max-test", "2000"]

@@ -39,7 +39,7 @@ ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, HERE)
 from common import hardware  # noqa: E402
-from pruning import best_within, finetune, prune  # noqa: E402
+from pruning import THRESHOLD_SEARCH, best_within, finetune, prune  # noqa: E402
 
 DATA = "fashion-mnist"
 SETTING = "budget"  # the runs live in benchmarks/runs/pruning/fashion-mnist/budget/
@@ -47,17 +47,21 @@ ONCE = ["--rounds", "1", "--round-epochs", "0", "--final-epochs", "8"]
 LOOP = ["--strategy", "bo", "--target-drop", "1", "--round-reference", "current"]
 LOOP += ["--trials", "10", "--startup-trials", "4", "--space", "fraction"]
 #: the threshold space (one global magnitude threshold times a factor per stage group)
-THRESHOLD = ["--strategy", "bo", "--space", "threshold", "--target-drop", "1", "--round-reference", "current"]
-THRESHOLD += ["--trials", "12", "--startup-trials", "5", "--max-step", "3"]
+THRESHOLD = ["--strategy", "bo", *THRESHOLD_SEARCH]
+
+
+def schedule(base: list[str], rounds: int, round_epochs: int, final: int, drop: int) -> list[str]:
+    """``base`` with ``rounds`` search rounds of ``round_epochs``, ``final`` epochs and a round drop."""
+    flags = [*base, "--round-drop", str(drop), "--rounds", str(rounds)]
+    return flags + ["--round-epochs", str(round_epochs), "--final-epochs", str(final)]
+
+
 #: name -> (run directory, flags)
 CONFIGS = {
     "global 5x": ("g5-8", ["--strategy", "global", "--target-compression", "5", *ONCE]),
     "global 8x": ("g8-8", ["--strategy", "global", "--target-compression", "8", *ONCE]),
     "global 11x": ("g11-8", ["--strategy", "global", "--target-compression", "11", *ONCE]),
-    "bo, 6 rounds x 1 epoch + 2, round drop 3": (
-        "bo-cur3",
-        [*LOOP, "--round-drop", "3", "--rounds", "6", "--round-epochs", "1", "--final-epochs", "2"],
-    ),
+    "bo, 6 rounds x 1 epoch + 2, round drop 3": ("bo-cur3", schedule(LOOP, 6, 1, 2, 3)),
     "bo, 1 round, drop <= 20 before one 8-epoch phase": (
         "bo-once20",
         ["--strategy", "bo", "--target-drop", "20", "--trials", "10", "--startup-trials", "4", *ONCE]
@@ -68,40 +72,24 @@ CONFIGS = {
         ["--strategy", "random", "--target-drop", "20", "--trials", "10", "--startup-trials", "4", *ONCE]
         + ["--space", "fraction"],
     ),
-    "bo, 2 rounds x 3 epochs + 2, round drop 20": (
-        "bo-cur20",
-        [*LOOP, "--round-drop", "20", "--rounds", "2", "--round-epochs", "3", "--final-epochs", "2"],
-    ),
+    "bo, 2 rounds x 3 epochs + 2, round drop 20": ("bo-cur20", schedule(LOOP, 2, 3, 2, 20)),
     "bo, 3 rounds x 2 epochs + 2, round drop 20, continuous": (
         "bo-cont",
-        [*LOOP, "--round-drop", "20", "--rounds", "3", "--round-epochs", "2", "--final-epochs", "2"]
-        + ["--tune-schedule", "continuous"],
-    ),
-    "bo threshold, 2 rounds x 2 epochs + 4, round drop 6": (
-        "thr-2x2-d6",
-        [*THRESHOLD, "--round-drop", "6", "--rounds", "2", "--round-epochs", "2", "--final-epochs", "4"],
-    ),
-    "bo threshold, 3 rounds x 2 epochs + 2, round drop 8": (
-        "thr-3x2",
-        [*THRESHOLD, "--round-drop", "8", "--rounds", "3", "--round-epochs", "2", "--final-epochs", "2"],
-    ),
-    "bo threshold, 3 rounds x 1 epoch + 5, round drop 4": (
-        "thr-3x1-d4",
-        [*THRESHOLD, "--round-drop", "4", "--rounds", "3", "--round-epochs", "1", "--final-epochs", "5"],
-    ),
-    "bo threshold, 3 rounds x 1 epoch + 5, round drop 8": (
-        "thr-3x1-d8",
-        [*THRESHOLD, "--round-drop", "8", "--rounds", "3", "--round-epochs", "1", "--final-epochs", "5"],
-    ),
-    "bo threshold, 4 rounds x 1 epoch + 4, round drop 3": (
-        "thr-4x1-d3",
-        [*THRESHOLD, "--round-drop", "3", "--rounds", "4", "--round-epochs", "1", "--final-epochs", "4"],
-    ),
-    "bo threshold, 4 rounds x 1 epoch + 4, round drop 6": (
-        "thr-4x1",
-        [*THRESHOLD, "--round-drop", "6", "--rounds", "4", "--round-epochs", "1", "--final-epochs", "4"],
+        schedule(LOOP, 3, 2, 2, 20) + ["--tune-schedule", "continuous"],
     ),
 }
+#: the threshold-space schedules: (rounds, epochs per round, final epochs, round drop) -> run directory
+THRESHOLD_SCHEDULES = {
+    (2, 2, 4, 6): "thr-2x2-d6",
+    (3, 2, 2, 8): "thr-3x2",
+    (3, 1, 5, 4): "thr-3x1-d4",
+    (3, 1, 5, 8): "thr-3x1-d8",
+    (4, 1, 4, 3): "thr-4x1-d3",
+    (4, 1, 4, 6): "thr-4x1",
+}
+for (r, e, f, d), tag in THRESHOLD_SCHEDULES.items():
+    name = f"bo threshold, {r} rounds x {e} epoch{'s' if e > 1 else ''} + {f}, round drop {d}"
+    CONFIGS[name] = (tag, schedule(THRESHOLD, r, e, f, d))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,7 +152,7 @@ class ThresholdSpace:
             return []
         low = min(1.25, self.max_step)
         steps = [low * (self.max_step / low) ** (i / max(1, count - 1)) for i in range(count)]
-        return [{STEP: s} | dict.fromkeys(self.groups, 0.0) for s in (steps if count > 1 else [low])]
+        return [{STEP: s} | dict.fromkeys(self.groups, 0.0) for s in steps]
 
 
 def make_space(
