@@ -39,15 +39,15 @@ ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, HERE)
 from common import hardware  # noqa: E402
-from pruning import THRESHOLD_SEARCH, best_within, finetune, prune  # noqa: E402
+from pruning import THRESHOLD_SEARCH, TUNE_LR, best_within, finetune, prune  # noqa: E402
 
 DATA = "fashion-mnist"
 SETTING = "budget"  # the runs live in benchmarks/runs/pruning/fashion-mnist/budget/
-ONCE = ["--rounds", "1", "--round-epochs", "0", "--final-epochs", "8"]
+ONCE = ["--rounds", "1", "--round-epochs", "0", "--final-epochs", "8", *TUNE_LR]
 LOOP = ["--strategy", "bo", "--target-drop", "1", "--round-reference", "current"]
-LOOP += ["--trials", "10", "--startup-trials", "4", "--space", "fraction"]
+LOOP += ["--trials", "10", "--startup-trials", "4", "--space", "fraction", *TUNE_LR]
 #: the threshold space (one global magnitude threshold times a factor per stage group)
-THRESHOLD = ["--strategy", "bo", *THRESHOLD_SEARCH]
+THRESHOLD = ["--strategy", "bo", *THRESHOLD_SEARCH, *TUNE_LR]
 
 
 def schedule(base: list[str], rounds: int, round_epochs: int, final: int, drop: int) -> list[str]:

@@ -596,3 +596,33 @@ def test_selection_helpers_are_disjoint_and_stratified(counts: list[int], seed: 
         size = max(1, len(test) // 2)
         sub = stratified_subsample(labels, test, size)
         assert len(sub) == size and set(sub) <= set(test)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(8, 30), min_size=2, max_size=5),
+    val_n=st.integers(0, 3),
+    shots=st.integers(1, 3),
+    extra=st.integers(0, 2),
+    seed=st.integers(0, 50),
+)
+def test_extra_validation_images_leave_the_train_split_unchanged(sizes, val_n, shots, extra, seed) -> None:
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    pool = np.arange(len(labels))
+    classes = [str(k) for k in range(len(sizes))]
+    val0, train0 = draw_val_and_train(labels, pool, classes, val_per_class=val_n, shots=shots, seed=seed)
+    val, train = draw_val_and_train(
+        labels, pool, classes, val_per_class=val_n, shots=shots, seed=seed, extra_val=extra
+    )
+    assert np.array_equal(train, train0)
+    assert set(val0) <= set(val) and not set(val) & set(train)
+    assert np.all(np.bincount(labels[val], minlength=len(sizes)) == val_n + extra)
+
+
+def test_extra_validation_images_need_shots_and_enough_images() -> None:
+    labels = np.repeat(np.arange(2), 10)
+    pool, classes = np.arange(20), ["a", "b"]
+    with pytest.raises(LqfError, match="--shots"):
+        draw_val_and_train(labels, pool, classes, val_per_class=2, shots=None, seed=0, extra_val=1)
+    with pytest.raises(LqfError, match="--extra-val 5 is more than class 'a' has left .* \\(4 images\\)"):
+        draw_val_and_train(labels, pool, classes, val_per_class=2, shots=4, seed=0, extra_val=5)

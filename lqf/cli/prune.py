@@ -140,16 +140,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 },
             )
 
-    model, data = _load_start(config, ft_options, source, out, args.quiet, say, write_config)
+    model, data = _load_start(
+        config, ft_options, source, out, args.quiet, say, write_config, extra_val=options.extra_val
+    )
     run = RunDirectory(out)
     result = prune(model, data, config, options, run=run, resume=bool(args.resume), quiet=args.quiet, say=say)
     print_summary(result.metrics, out, say)
     return 0
 
 
-def _load_start(config, ft_options, source, out, quiet, say, write_config):
+def _load_start(config, ft_options, source, out, quiet, say, write_config, extra_val: int = 0):
     """The fine-tuned model to prune and its data split; ``write_config`` is called once both
-    are known to load (before fine-tuning when there is no ``source``, so that is resumable)."""
+    are known to load (before fine-tuning when there is no ``source``, so that is resumable).
+    ``extra_val`` more validation images per class join the split (the train split is unchanged)."""
     from lqf.data import load_data
     from lqf.runs.fit import fit, load_run, seed_everything
 
@@ -164,6 +167,7 @@ def _load_start(config, ft_options, source, out, quiet, say, write_config):
         val_per_class=config.val_per_class,
         seed=config.seed,
         max_test=config.max_test,
+        extra_val=extra_val,
     )
     if source is None:
         source = os.path.join(out, "finetune")

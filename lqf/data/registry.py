@@ -100,6 +100,7 @@ def load_data(
     val_per_class: int = 20,
     seed: int = 0,
     max_test: int | None = None,
+    extra_val: int = 0,
 ) -> DataSplits:
     """Load a data set as disjoint train / validation / test image sets.
 
@@ -123,6 +124,9 @@ def load_data(
         Seed of the validation and training draws (>= 0).
     max_test : int, optional
         Keep only a fixed stratified subset of this many test images.
+    extra_val : int
+        More validation images per class, drawn after the training ones
+        (needs ``shots``; the train set is the same as without them).
 
     Returns
     -------
@@ -156,6 +160,7 @@ def load_data(
         val_per_class=val_per_class,
         shots=shots,
         seed=seed,
+        extra_val=_check_int(extra_val, "--extra-val", 0),
     )
     return DataSplits(
         name=spec,

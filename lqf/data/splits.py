@@ -90,6 +90,7 @@ def draw_val_and_train(
     val_per_class: int,
     shots: int | None,
     seed: int,
+    extra_val: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw the validation set and the (few-shot) train set from a train pool.
 
@@ -97,7 +98,9 @@ def draw_val_and_train(
     the first ``val_per_class`` become validation, the next ``shots`` (or all
     the rest when ``shots`` is None) become train. Hence, for one seed, the
     validation set does not depend on ``shots`` and smaller shot counts give
-    subsets of larger ones.
+    subsets of larger ones. ``extra_val`` more per class, the ones after the
+    train images in that permutation, are added to validation: a larger
+    validation set beside the same train set (it needs ``shots``).
 
     Parameters
     ----------
@@ -116,7 +119,8 @@ def draw_val_and_train(
     Raises
     ------
     LqfError
-        When a class has fewer than ``val_per_class`` (+ ``shots``) images.
+        When a class has fewer than ``val_per_class`` (+ ``shots`` + ``extra_val``)
+        images, or ``extra_val`` is asked for without ``shots``.
     """
     labels = np.asarray(labels, dtype=np.int64)
     groups = _per_class(labels, np.asarray(pool, dtype=np.int64), len(classes))
@@ -136,13 +140,28 @@ def draw_val_and_train(
                 f"left after {val_per_class} validation images per class "
                 f"({left[k]} images); lower --shots or --val-per-class"
             )
+    if extra_val:
+        if shots is None:
+            raise LqfError(
+                "more validation images need a run fitted with --shots: without it every pool "
+                "image is in training; drop --extra-val"
+            )
+        left = sizes - val_per_class - shots
+        if len(left) and left.min() < extra_val:
+            k = int(left.argmin())
+            raise LqfError(
+                f"--extra-val {extra_val} is more than class '{classes[k]}' has left after its "
+                f"validation and training images ({left[k]} images); lower --extra-val"
+            )
     rng = np.random.default_rng(seed)
     val, train = [], []
     for members in groups:
         perm = rng.permutation(members)
-        val.append(perm[:val_per_class])
         rest = perm[val_per_class:]
         train.append(rest if shots is None else rest[:shots])
+        val.append(perm[:val_per_class])
+        if extra_val:
+            val.append(rest[shots : shots + extra_val])
     return _sorted(val), _sorted(train)
 
 

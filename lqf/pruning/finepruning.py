@@ -344,7 +344,7 @@ def _search(round_index, model, layers, masks, measure, objective, options, conf
     if previous and options.warm_start:
         chosen = history["rounds"][-1]["theta"]
         ranked = sorted(previous, key=lambda t: _rank(objective, t), reverse=True)
-        for point in [chosen] + [t["theta"] for t in ranked]:
+        for point in [space.carry(p) for p in [chosen] + [t["theta"] for t in ranked]]:
             if point not in warm:
                 warm.append(point)
         warm = warm[: options.warm_start]

@@ -51,7 +51,9 @@ class PruneOptions:
     rounds: int = option(3, "search rounds, each followed by --round-epochs of fine-tuning (bo, random)")
     trials: int = option(24, "trials per search round (quick evaluations on the validation subset)")
     startup_trials: int = option(8, "trials per round before the GP takes over (warm-start ones count)")
-    warm_start: int = option(3, "best configurations of the previous round re-evaluated first in a round")
+    warm_start: int = option(
+        3, "first trials of a round from the previous round's best (threshold space: their group factors)"
+    )
     global_starts: int = option(
         4,
         "first trials of every round: one global magnitude threshold at this many compression levels "
@@ -82,7 +84,12 @@ class PruneOptions:
         4, "training batches to re-estimate BatchNorm statistics with in each trial (0: keep them)"
     )
     val_subset: int | None = option(None, "validation images used by each trial (default: all)")
-    tune_lr: float = option(3e-4, "AdamW learning rate of the fine-tuning phases (cosine per phase)")
+    extra_val: int = option(
+        0,
+        "more validation images per class for every pruning decision and report, taken from the "
+        "training pool after the fine-tuned run's own images (the same train set; needs --shots)",
+    )
+    tune_lr: float = option(1e-3, "AdamW learning rate of the fine-tuning phases (cosine per phase)")
     tune_weight_decay: float = option(0.01, "AdamW weight decay of the fine-tuning phases")
     tune_schedule: str = option(
         "phase",
@@ -132,6 +139,7 @@ class PruneOptions:
                 not self.group_factor >= 1 or not math.isfinite(self.group_factor),
                 f"--group-factor must be a number >= 1, got {self.group_factor}",
             ),
+            (self.extra_val < 0, f"--extra-val must be >= 0, got {self.extra_val}"),
             (
                 self.val_subset is not None and self.val_subset < 1,
                 f"--val-subset must be >= 1, got {self.val_subset}",

@@ -71,6 +71,11 @@ class FractionSpace:
     def compression(self, theta: Mapping[str, float]) -> Compression:
         return predicted_compression(self.layers, theta)
 
+    def carry(self, theta: Mapping[str, float]) -> dict[str, float]:
+        """A point of the previous round as a first trial of this one: fractions are absolute, so
+        the point is reused as it is."""
+        return dict(theta)
+
     def starts(self, count: int) -> list[dict[str, float]]:
         """Per-group fractions that one global magnitude threshold gives, at ``count`` compression
         rates spaced geometrically from 1.5x to 8x (on the current weights)."""
@@ -144,6 +149,13 @@ class ThresholdSpace:
             below = int(torch.searchsorted(s, torch.tensor(thr, dtype=s.dtype, device=s.device), right=True))
             counts.append(LayerCount(layer.name, layer.group, layer.numel, layer.numel - below))
         return Compression(counts)
+
+    def carry(self, theta: Mapping[str, float]) -> dict[str, float]:
+        """A point of the previous round as a first trial of this one: its group factors ``s``
+        (which layers to prune harder) are kept, its ``step`` is not. A step is relative to the
+        weights of its round, so the previous round's step would prune as much again on top of
+        it; the carried point takes the middle step ``sqrt(max_step)`` and the search moves it."""
+        return {STEP: self.max_step**0.5} | {g: float(theta[g]) for g in self.groups}
 
     def starts(self, count: int) -> list[dict[str, float]]:
         """Global magnitude pruning (``s = 0``) at ``count`` steps spaced geometrically from 1.25
