@@ -159,12 +159,14 @@ def configuration(setting: str, data: str, method: str, head: str, train: bool) 
     best = max(selection, key=lambda s: s["metrics"]["val_accuracy"])
     per_seed = [best["metrics"]]
     seeds = METHOD_SEEDS.get(method, SEEDS)
+    dirs = [os.path.join(RUNS, f"{prefix}/select{'_'.join(best['flags'])}-seed0")]
     for seed in seeds[1:]:
         flags = [*base, *model(seed), *best["flags"], "--seed", str(seed)]
         m = get(f"{prefix}/chosen-seed{seed}", flags)
         if m is None:
             return None
         per_seed.append(m)
+        dirs.append(os.path.join(RUNS, f"{prefix}/chosen-seed{seed}"))
     return {
         "setting": setting,
         "data": data,
@@ -179,6 +181,7 @@ def configuration(setting: str, data: str, method: str, head: str, train: bool) 
         "val_accuracy": summarise([m["val_accuracy"] for m in per_seed]),
         "train_seconds": summarise([m["train_seconds"] for m in per_seed]),
         "head_scale": [m.get("head_scale") for m in per_seed],
+        "whole_test": whole_test(dirs, data),
         "selection": [
             {
                 "flags": s["label"],
@@ -191,6 +194,21 @@ def configuration(setting: str, data: str, method: str, head: str, train: bool) 
         "wall_seconds": sum((s["metrics"].get("wall_seconds") or 0.0) for s in selection)
         + sum((m.get("wall_seconds") or 0.0) for m in per_seed[1:]),
     }
+
+
+def whole_test(dirs: list[str], data: str) -> dict | None:
+    """Per-seed accuracy on the whole test split from ``lqf evaluate RUN_DIR`` (``evaluation-DATA.json``
+    in every run directory), or ``None`` where a run lacks it or it covers a subset."""
+    found = []
+    for out in dirs:
+        path = os.path.join(out, f"evaluation-{data}.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as handle:
+            found.append(json.load(handle))
+    if not found or len({e["n_test"] for e in found}) != 1:
+        return None
+    return {"n_test": found[0]["n_test"], "values": [e["test_accuracy"] for e in found]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,10 +327,46 @@ def write(results: list[dict]) -> None:
             for s in r["selection"]
         )
         lines.append(f"| {r['setting']} | {r['data']} | {r['method']} | {r['head']} | {seeds} | {sel} |")
+    lines += whole_test_table(results)
     lines += ["", NOTES]
     with open(os.path.join(RESULTS, "heads_accuracy.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def whole_test_table(results: list[dict]) -> list[str]:
+    """Rows re-evaluated on the whole test split (``lqf evaluate RUN_DIR``, same models), with the
+    paired per-seed difference to the learned head (same seed: same few-shot draw and data)."""
+    rows = [r for r in results if r.get("whole_test") and r["whole_test"]["n_test"] > r["n_test"]]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "The same models on the whole test split (`lqf evaluate RUN_DIR`; the table above used the fixed"
+        " 2,000-image subset). Paired Δ: per seed, fixed head minus learned head; mean ± standard"
+        " error over seeds:",
+        "",
+        "| setting | data | method | head | test images | test accuracy | per seed | paired Δ per seed "
+        "| Δ vs linear |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ref = {(r["setting"], r["data"], r["method"]): r for r in rows if r["head"] == "linear"}
+    for r in rows:
+        values = r["whole_test"]["values"]
+        base = ref.get((r["setting"], r["data"], r["method"]))
+        paired, delta = "", ""
+        if base is not None and r["head"] != "linear" and len(base["whole_test"]["values"]) == len(values):
+            d = [100 * (a - b) for a, b in zip(values, base["whole_test"]["values"], strict=True)]
+            paired = ", ".join(f"{x:+.2f}" for x in d)
+            se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+            delta = f"{statistics.fmean(d):+.2f} ± {se:.2f}"
+        mean, sd = statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(
+            f"| {r['setting']} | {r['data']} | {r['method']} | {r['head']} | {r['whole_test']['n_test']:,} "
+            f"| {100 * mean:.2f} ± {100 * sd:.2f} | {', '.join(f'{100 * v:.2f}' for v in values)} "
+            f"| {paired} | {delta} |"
+        )
+    return lines
 
 
 NOTES = """Notes:
