@@ -179,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=[0], help="seeds (each: its own split and fine-tuned model)"
     )
+    parser.add_argument(
+        "--one-shot",
+        nargs="+",
+        default=["uniform", "global"],
+        choices=["uniform", "global"],
+        help="the one-shot baselines to run at the new --levels (finished runs are reported anyway)",
+    )
     parser.add_argument("--cached", action="store_true", help="report finished runs only, run nothing")
     parser.add_argument("--no-random", action="store_true", help="skip the random-search baseline")
     parser.add_argument("--lock", help="flock this file around every step (shared machines)")
@@ -223,7 +230,12 @@ def prune_all(data: str, seed: int, setting: str, source: str, args: argparse.Na
         for level in args.levels:
             rate = f"{level * matched:.3f}"
             flags = ["--strategy", strategy, "--target-compression", rate, *common]
-            runs[f"{strategy}@{level:g}"] = run(f"{strategy}-{rate}x", flags)
+            if strategy in args.one_shot or level in LEVELS:
+                runs[f"{strategy}@{level:g}"] = run(f"{strategy}-{rate}x", flags)
+            else:  # reported if it was run before, not run now
+                runs[f"{strategy}@{level:g}"] = prune(
+                    data, f"{strategy}-{rate}x", source, flags, None, setting, True, seed
+                )
     if not args.no_random:
         runs["random"] = run("random", ["--strategy", "random", *searched, *common])
     return {name: r for name, r in runs.items() if r is not None}
