@@ -360,10 +360,10 @@ def whole_test_table(results: list[dict]) -> list[str]:
             paired = ", ".join(f"{x:+.2f}" for x in d)
             se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
             delta = f"{statistics.fmean(d):+.2f} ± {se:.2f}"
-        mean, sd = statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        t = summarise(values)
         lines.append(
             f"| {r['setting']} | {r['data']} | {r['method']} | {r['head']} | {r['whole_test']['n_test']:,} "
-            f"| {100 * mean:.2f} ± {100 * sd:.2f} | {', '.join(f'{100 * v:.2f}' for v in values)} "
+            f"| {100 * t['mean']:.2f} ± {100 * t['std']:.2f} | {', '.join(f'{100 * v:.2f}' for v in values)} "
             f"| {paired} | {delta} |"
         )
     return lines

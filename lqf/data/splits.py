@@ -157,9 +157,9 @@ def draw_val_and_train(
     val, train = [], []
     for members in groups:
         perm = rng.permutation(members)
+        val.append(perm[:val_per_class])
         rest = perm[val_per_class:]
         train.append(rest if shots is None else rest[:shots])
-        val.append(perm[:val_per_class])
         if extra_val:
             val.append(rest[shots : shots + extra_val])
     return _sorted(val), _sorted(train)
