@@ -14,7 +14,10 @@ with the same number of fine-tuning epochs (``rounds * round_epochs +
 final_epochs``). The one-shot baselines are run at the compression Fine-Pruning
 reached and at a lower level (0.7x of it), so each method's largest
 compression within one point of validation accuracy can be read off, and the
-accuracies compared at matched compression.
+accuracies compared at matched compression. bo and random share the search's
+``--round-drop``, chosen per data set on validation (seed 0) by running bo at
+growing round drops (``ROUND_DROPS``); the other settings of ``SETTINGS`` are
+the earlier configurations, kept reproducible.
 
 Every step is a separate ``python -m lqf`` process, cached in
 ``benchmarks/runs/pruning/`` (an interrupted prune run is resumed); with
@@ -23,7 +26,7 @@ taken one step at a time.
 
 Usage::
 
-    python benchmarks/pruning.py --lock /tmp/lqf-cpu.lock       # about 40 min of CPU on 2 cores
+    python benchmarks/pruning.py --seeds 0 1 2     # about 6 h of CPU (one core per run)
 """
 
 from __future__ import annotations
@@ -82,8 +85,20 @@ SETTINGS = {
     "threshold": (BUDGET8, SEARCH8),
     # the same search; the phases fine-tune at 1e-3; 2,000 validation images
     "largeval": (LARGEVAL8, SEARCH8),
+    # the same with a larger round drop: the candidates the round drop is chosen from, per data
+    # set, on its validation split (seed 0)
+    "largeval-drop6": (LARGEVAL8, [*THRESHOLD_SEARCH, "--round-drop", "6"]),
+    "largeval-drop10": (LARGEVAL8, [*THRESHOLD_SEARCH, "--round-drop", "10"]),
+    "largeval-drop15": (LARGEVAL8, [*THRESHOLD_SEARCH, "--round-drop", "15"]),
 }
-#: the setting the summary, the plot and the default command use
+#: the `largeval` search at these round drops, run on seed 0 of each data set in this order up to
+#: the first that keeps no more compression within 1 point of validation accuracy than the ones
+#: before; the one that keeps the most is that data set's setting
+ROUND_DROPS = {"3": "largeval", "6": "largeval-drop6", "10": "largeval-drop10", "15": "largeval-drop15"}
+#: the default: choose the round drop per data set (seed 0, validation), then run every method
+#: with it on every seed; the summary and the plot show these settings
+CHOSEN = "chosen"
+#: the setting of the summary before the round drop was chosen per data set
 LATEST = "largeval"
 #: settings whose test accuracy is measured on a fixed 2,000-image subset
 SUBSET_TEST = ("plain", "seeded", "gradual", "budget")
@@ -104,7 +119,9 @@ images, animal-mnist 2,000); the earlier settings on a fixed stratified subset o
 prunable layers (all Conv2d, depthwise included; the head is not pruned) divided by those kept.
 Drops are in accuracy points against the unpruned fine-tuned model. The uniform and global
 baselines are pruned once, at bo's compression (`@1`) and at 0.7 times it (`@0.7`); random is
-bo's loop with random search."""
+bo's loop with random search. The default command chooses the round drop of bo and random per
+data set on validation (seed 0, next section) and runs every method with it on every seed; the
+`largeval` setting is the same search at round drop 3."""
 
 
 def lqf(args: list[str], lock: str | None) -> None:
@@ -175,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         default=list(LEVELS),
         help="baseline compression levels, relative to bo's",
     )
-    parser.add_argument("--settings", nargs="+", default=[LATEST], choices=list(SETTINGS))
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=[CHOSEN],
+        choices=[CHOSEN, *SETTINGS],
+        help=f"{CHOSEN}: the round drop chosen per data set on validation (seed 0), see ROUND_DROPS",
+    )
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=[0], help="seeds (each: its own split and fine-tuned model)"
     )
@@ -199,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.path.join(source, "metrics.json")) as handle:
                 ft = json.load(handle)
             for setting in args.settings:
+                if setting == CHOSEN:
+                    setting = choose_round_drop(data, args)
+                    if setting is None:
+                        continue
                 runs = prune_all(data, seed, setting, source, args)
                 if runs is not None:
                     results.append(
@@ -213,6 +240,73 @@ def main(argv: list[str] | None = None) -> int:
                     )
     write(results, args, time.time() - started)
     return 0
+
+
+def selection(data: str, cached: bool, lock: str | None = None) -> tuple[list[dict], bool]:
+    """bo on seed 0 at the round drops of ``ROUND_DROPS`` in increasing order, up to the first that
+    keeps no more compression within 1 point of validation accuracy than the smaller ones.
+
+    Returns the rows run so far and whether the selection is complete (with ``cached`` a missing
+    run ends it incomplete)."""
+    source = os.path.join(RUNS, data, "finetune")
+    rows: list[dict] = []
+    for drop, setting in ROUND_DROPS.items():
+        flags = ["--strategy", "bo", *SETTINGS[setting][1], *SETTINGS[setting][0]]
+        result = prune(data, "bo", source, flags, lock, setting, cached)
+        if result is None:
+            return rows, False
+        before = best_within([r["bo"] for r in rows])
+        rows.append({"round_drop": float(drop), "setting": setting, "bo": result})
+        if best_within([result]) is None or (before and result["compression"] <= before["compression"]):
+            break
+    return rows, True
+
+
+def choose_round_drop(data: str, args: argparse.Namespace) -> str | None:
+    """The setting of the round drop whose bo run (seed 0) keeps the most compression within 1 point
+    of validation accuracy (``None`` while selection runs are missing with ``--cached``)."""
+    finetune(data, args.lock)
+    return pick(*selection(data, args.cached, args.lock))
+
+
+def pick(rows: list[dict], complete: bool) -> str | None:
+    """The chosen setting among selection ``rows`` (``None`` if incomplete; the round drop of
+    ``LATEST`` if no bo run is within 1 point)."""
+    if not complete:
+        return None
+    best = best_within([r["bo"] for r in rows])
+    return LATEST if best is None else next(r["setting"] for r in rows if r["bo"] is best)
+
+
+def selection_lines(datasets: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The chosen setting per data set (from finished selection runs) and its table."""
+    chosen: dict[str, str] = {}
+    lines = [
+        "## The round drop, chosen per data set on validation (seed 0)",
+        "",
+        "bo (`largeval` flags) with the round drop `--round-drop D` of the rounds before the last, D "
+        "growing until a run keeps no more compression within 1 point of validation accuracy than "
+        "the smaller ones; chosen: the most compression within 1 point. Test shown for information "
+        "only.",
+        "",
+        "| data | round drop | compression | val drop | test drop | per round (before fine-tuning) "
+        "| chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for data in datasets:
+        rows, complete = selection(data, cached=True)
+        setting = pick(rows, complete)
+        if setting is None:
+            continue
+        chosen[data] = setting
+        for row in rows:
+            bo = row["bo"]
+            steps = ", ".join(f"{r['compression']:.2f}x ({r['drop']:+.1f})" for r in bo["rounds"])
+            lines.append(
+                f"| {data} | {row['round_drop']:g} | {bo['compression']:.2f}x | {bo['val_drop_points']:+.2f} "
+                f"| {bo['test_drop_points']:+.2f} | {steps} | {'yes' if row['setting'] == setting else ''} |"
+            )
+    return chosen, (lines + [""] if chosen else [])
 
 
 def prune_all(data: str, seed: int, setting: str, source: str, args: argparse.Namespace) -> dict | None:
@@ -258,11 +352,17 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
             key=lambda e: (-order.index(e["setting"]), e["data"] != "fashion-mnist", e.get("seed", 0))
         )
     commands = []
-    for setting in dict.fromkeys(e["setting"] for e in results):
-        mine = [e for e in results if e["setting"] == setting]
-        data = " ".join(dict.fromkeys(e["data"] for e in mine))
-        seeds = " ".join(dict.fromkeys(str(e.get("seed", 0)) for e in mine))
+    for setting, data in dict.fromkeys((e["setting"], e["data"]) for e in results):
+        seeds = " ".join(
+            str(e.get("seed", 0)) for e in results if (e["setting"], e["data"]) == (setting, data)
+        )
         commands.append(f"python benchmarks/pruning.py --settings {setting} --data {data} --seeds {seeds}")
+    chosen, table = selection_lines(list(dict.fromkeys(e["data"] for e in results)))
+    picked = [e for e in results if chosen.get(e["data"]) == e["setting"]]
+    if picked:  # the default command: selection and the chosen settings
+        data = " ".join(dict.fromkeys(e["data"] for e in picked))
+        seeds = " ".join(dict.fromkeys(str(e.get("seed", 0)) for e in picked))
+        commands.insert(0, f"python benchmarks/pruning.py --data {data} --seeds {seeds}")
     command = "; ".join(commands)
     payload = {
         "command": command,
@@ -284,6 +384,10 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
         f"Command: `{command}`.",
         "",
     ]
+    lines += table
+    for data, setting in chosen.items():
+        lines += summary([e for e in results if e["data"] == data], setting)
+    lines += ["# Every run", ""]
     for entry in results:
         ft = entry["finetune"]
         lines += [
@@ -344,9 +448,13 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
             )
             lines.append(f"- {family}: {text}")
         lines.append("")
+    lines += ["# Earlier settings", ""]
     for setting in (LATEST, "threshold"):
-        lines += summary(results, setting)
-    plot(results, os.path.join(RESULTS, "pruning.png"))
+        lines += summary([e for e in results if chosen.get(e["data"]) != setting], setting)
+    plot(
+        [e for e in results if chosen.get(e["data"]) == e["setting"]] or results,
+        os.path.join(RESULTS, "pruning.png"),
+    )
     lines += ["![test accuracy against compression](pruning.png)", ""]
     if args.remark:
         lines += [f"Remark: {args.remark}", ""]
@@ -415,7 +523,6 @@ def plot(results: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [e for e in results if e["setting"] == LATEST] or results
     rows = list(dict.fromkeys(e["data"] for e in results))
     cols = max(sum(e["data"] == d for e in results) for d in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(4.6 * cols, 3.6 * len(rows)), squeeze=False)

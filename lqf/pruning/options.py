@@ -32,7 +32,8 @@ class PruneOptions:
     round_drop: float | None = option(
         None,
         "accuracy drop (points) allowed in the search rounds before the last, measured before their "
-        "fine-tuning, which recovers part of it (default: --target-drop)",
+        "fine-tuning, which recovers part of it (default: --target-drop); worth choosing on "
+        "validation: the larger the recovery, the larger it can be",
     )
     gamma: float | None = option(
         None, "objective instead: max (1 - gamma) * accuracy + gamma * removed fraction, gamma in [0, 1]"
