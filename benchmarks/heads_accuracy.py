@@ -334,6 +334,13 @@ def write(results: list[dict]) -> None:
     print("\n".join(lines))
 
 
+def paired_differences(a: list[float], b: list[float]) -> tuple[str, str]:
+    """Per-seed differences ``a - b`` in points, and their ``mean ± standard error``."""
+    d = [100 * (x - y) for x, y in zip(a, b, strict=True)]
+    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return ", ".join(f"{x:+.2f}" for x in d), f"{statistics.fmean(d):+.2f} ± {se:.2f}"
+
+
 def whole_test_table(results: list[dict]) -> list[str]:
     """Rows re-evaluated on the whole test split (``lqf evaluate RUN_DIR``, same models), with the
     paired per-seed difference to the learned head (same seed: same few-shot draw and data)."""
@@ -356,10 +363,7 @@ def whole_test_table(results: list[dict]) -> list[str]:
         base = ref.get((r["setting"], r["data"], r["method"]))
         paired, delta = "", ""
         if base is not None and r["head"] != "linear" and len(base["whole_test"]["values"]) == len(values):
-            d = [100 * (a - b) for a, b in zip(values, base["whole_test"]["values"], strict=True)]
-            paired = ", ".join(f"{x:+.2f}" for x in d)
-            se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
-            delta = f"{statistics.fmean(d):+.2f} ± {se:.2f}"
+            paired, delta = paired_differences(values, base["whole_test"]["values"])
         t = summarise(values)
         lines.append(
             f"| {r['setting']} | {r['data']} | {r['method']} | {r['head']} | {r['whole_test']['n_test']:,} "

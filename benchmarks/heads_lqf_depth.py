@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, HERE)
 from common import fit_run, hardware  # noqa: E402
-from heads_accuracy import METHOD_SEEDS, RUNS, SETTINGS  # noqa: E402
+from heads_accuracy import METHOD_SEEDS, RUNS, SETTINGS, paired_differences, whole_test  # noqa: E402
 
 DATA = "fashion-mnist"
 HEADS = ("linear", "fixed-orthogonal")
@@ -60,18 +60,19 @@ def default_run(head: str, seed: int) -> str:
     return os.path.join(RUNS, "transfer", DATA, "lqf", head, tag)
 
 
-def whole_test(out: str) -> float:
-    with open(os.path.join(out, f"evaluation-{DATA}.json")) as handle:
-        found = json.load(handle)
-    if found["n_test"] != 10_000:
-        raise SystemExit(f"{out}: evaluated on {found['n_test']} images; run `lqf evaluate {out}`")
-    return found["test_accuracy"]
+def last3_whole_test(head: str) -> list[float]:
+    """Per-seed test accuracy of the ``last-3`` runs on the whole test split."""
+    found = whole_test([default_run(head, s) for s in SEEDS], DATA)
+    if found is None or found["n_test"] != 10_000:
+        raise SystemExit(
+            f"the last-3 runs of {head} lack a whole-split evaluation; run `lqf evaluate RUN_DIR`"
+        )
+    return found["values"]
 
 
 def paired(a: list[float], b: list[float]) -> str:
-    diffs = [100 * (x - y) for x, y in zip(a, b, strict=True)]
-    se = statistics.stdev(diffs) / len(diffs) ** 0.5
-    return f"{statistics.fmean(diffs):+.2f} ± {se:.2f} ({', '.join(f'{d:+.2f}' for d in diffs)})"
+    per_seed, mean = paired_differences(a, b)
+    return f"{mean} ({per_seed})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,17 +86,18 @@ def main(argv: list[str] | None = None) -> int:
             val.append(metrics["val_accuracy"])
             seconds.append(metrics["train_seconds"])
         rows[head] = {
-            "last-3": [whole_test(default_run(head, s)) for s in SEEDS],
+            "last-3": last3_whole_test(head),
             DEPTH: deep,
             f"{DEPTH} val": val,
             f"{DEPTH} train seconds": seconds,
         }
     fixed, learned = rows["fixed-orthogonal"], rows["linear"]
+    machine = hardware()
     lines = [
         "# LQF with a fixed head: more linearized units",
         "",
-        f"Command: `python benchmarks/heads_lqf_depth.py`. Hardware: {hardware()['cpu']}, one core per run, "
-        f"torch {hardware()['torch']} on the CPU. {DATA}, `efficientnet_lite0`, 64 px, 50 images per class, "
+        f"Command: `python benchmarks/heads_lqf_depth.py`. Hardware: {machine['cpu']}, one core per run, "
+        f"torch {machine['torch']} on the CPU. {DATA}, `efficientnet_lite0`, 64 px, 50 images per class, "
         f"seeds {', '.join(map(str, SEEDS))}; test accuracy on all 10,000 test images.",
         "",
         "| head | linearized | test accuracy per seed | mean |",
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "heads_lqf_depth.json"), "w") as handle:
         json.dump(
-            {"command": "python benchmarks/heads_lqf_depth.py", "hardware": hardware(), "rows": rows},
+            {"command": "python benchmarks/heads_lqf_depth.py", "hardware": machine, "rows": rows},
             handle,
             indent=2,
         )

@@ -217,15 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results = []
     for data in args.data:
+        # the round drop is chosen once per data set, on seed 0
+        settings = [choose_round_drop(data, args) if s == CHOSEN else s for s in args.settings]
         for seed in args.seeds:
             source = finetune(data, args.lock, seed)
             with open(os.path.join(source, "metrics.json")) as handle:
                 ft = json.load(handle)
-            for setting in args.settings:
-                if setting == CHOSEN:
-                    setting = choose_round_drop(data, args)
-                    if setting is None:
-                        continue
+            for setting in [s for s in settings if s is not None]:
                 runs = prune_all(data, seed, setting, source, args)
                 if runs is not None:
                     results.append(
