@@ -17,11 +17,14 @@
    of the grid is the threshold ``FAST_MIN_MACS`` in ``lqf/heads/fixed.py``.
 
 Every timing is the median of repeated calls after warm-up, in one process with
-``torch.set_num_threads(threads)``. Results: ``benchmarks/results/heads_speed.{json,md}``.
+``torch.set_num_threads(threads)``. Results: ``benchmarks/results/heads_speed.{json,md}``;
+with ``--device cuda`` (each call timed between two ``torch.cuda.synchronize()``, PyTorch's
+default precision: no TF32 in matrix products) ``heads_speed_cuda.{json,md}``.
 
 Usage::
 
-    python benchmarks/heads_speed.py            # about 3 minutes on 2 cores
+    python benchmarks/heads_speed.py                  # about 3 minutes on 2 cores
+    python benchmarks/heads_speed.py --device cuda    # under a minute on one GPU
 """
 
 from __future__ import annotations
@@ -46,15 +49,19 @@ from lqf.heads import FixedClassifier, compact_state_dict  # noqa: E402
 
 
 def median_seconds(fn, x: torch.Tensor, min_time: float = 0.5, min_reps: int = 5) -> float:
-    """Median wall time of ``fn(x)`` over at least ``min_reps`` calls and ``min_time`` seconds."""
+    """Median wall time of ``fn(x)`` over at least ``min_reps`` calls and ``min_time`` seconds
+    (on a GPU from a synchronised start to the synchronised end of each call)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     with torch.no_grad():
         for _ in range(2):
             fn(x)
         times: list[float] = []
         start = time.perf_counter()
         while len(times) < min_reps or time.perf_counter() - start < min_time:
+            sync()
             t0 = time.perf_counter()
             fn(x)
+            sync()
             times.append(time.perf_counter() - t0)
             if len(times) >= 2000:
                 break
@@ -78,11 +85,11 @@ def heads(d: int, c: int) -> dict[str, nn.Module]:
     }
 
 
-def main_table(d: int, classes: list[int], batch: int) -> list[dict]:
+def main_table(d: int, classes: list[int], batch: int, device: str = "cpu") -> list[dict]:
     rows = []
-    x = torch.randn(batch, d, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(batch, d, generator=torch.Generator().manual_seed(1)).to(device)
     for c in classes:
-        built = heads(d, c)
+        built = {name: h.to(device) for name, h in heads(d, c).items()}
         ref = built["fixed dense"](x)
         assert torch.allclose(built["fixed fast"](x), ref, rtol=1e-4, atol=1e-4)
         times = {name: median_seconds(h, x) for name, h in built.items()}
@@ -106,13 +113,13 @@ def main_table(d: int, classes: list[int], batch: int) -> list[dict]:
     return rows
 
 
-def switch_grid(batch: int) -> list[dict]:
+def switch_grid(batch: int, device: str = "cpu", classes: tuple[int, ...] = (2, 10, 100, 1000)) -> list[dict]:
     rows = []
     for d in (16, 64, 256, 1280, 4096):
-        x = torch.randn(batch, d, generator=torch.Generator().manual_seed(2))
-        for c in (2, 10, 100, 1000):
-            dense = FixedClassifier(d, c, "hadamard", path="dense")
-            fast = FixedClassifier(d, c, "hadamard", path="fast")
+        x = torch.randn(batch, d, generator=torch.Generator().manual_seed(2)).to(device)
+        for c in classes:
+            dense = FixedClassifier(d, c, "hadamard", path="dense").to(device)
+            fast = FixedClassifier(d, c, "hadamard", path="fast").to(device)
             t_dense, t_fast = median_seconds(dense, x, 0.2), median_seconds(fast, x, 0.2)
             rows.append({"d": d, "C": c, "batch": batch, "dense_us": 1e6 * t_dense, "fast_us": 1e6 * t_fast})
             print(json.dumps(rows[-1]), flush=True)
@@ -134,25 +141,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", nargs="+", type=int, default=[10, 1000, 10_000, 100_000])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see the notes)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
     started = time.time()
-    table = main_table(args.d, args.classes, args.batch)
-    grid = switch_grid(args.batch)
+    table = main_table(args.d, args.classes, args.batch, args.device)
+    # on a GPU the grid goes on to larger C: the dense product stays fast there much longer
+    grid = switch_grid(
+        args.batch, args.device, (2, 10, 100, 1000, 10_000, 100_000) if cuda else (2, 10, 100, 1000)
+    )
     from common import hardware
 
+    gpu = {"device": args.device, "gpu": torch.cuda.get_device_name(args.device)} if cuda else {}
     payload = {
-        "command": "python benchmarks/heads_speed.py",
-        "hardware": {**hardware(), "torch_threads": torch.get_num_threads()},
+        "command": "python benchmarks/heads_speed.py" + (f" --device {args.device}" if cuda else ""),
+        "hardware": {**hardware(), **gpu, "torch_threads": torch.get_num_threads()},
         "wall_seconds": time.time() - started,
         "table": table,
         "switch_grid": grid,
         "measured_threshold_macs": threshold(grid),
     }
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "heads_speed.json"), "w") as handle:
+    name = "heads_speed_cuda" if cuda else "heads_speed"
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as handle:
         json.dump(payload, handle, indent=2)
-    write_markdown(payload, args)
+    write_markdown(payload, args, name)
     return 0
 
 
@@ -163,12 +177,17 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def write_markdown(p: dict, args: argparse.Namespace) -> None:
+def write_markdown(p: dict, args: argparse.Namespace, name: str = "heads_speed") -> None:
     hw = p["hardware"]
+    where = (
+        f"{hw['gpu']} (host: {hw['cpu']}, {hw['cores']} cores)"
+        if "gpu" in hw
+        else f"{hw['cpu']}, {hw['cores']} cores"
+    )
     lines = [
         "# Classifier head inference: learned vs fixed Hadamard (dense, fast transform)",
         "",
-        f"Command: `{p['command']}`. Hardware: {hw['cpu']}, {hw['cores']} cores, "
+        f"Command: `{p['command']}`. Hardware: {where}, "
         f"{hw['torch_threads']} torch threads, torch {hw['torch']}. Wall time {p['wall_seconds']:.0f} s.",
         f"Forward pass of the head alone on synthetic features `({args.batch}, {args.d})`, "
         "`torch.no_grad`, median over repeated calls after warm-up.",
@@ -197,10 +216,15 @@ def write_markdown(p: dict, args: argparse.Namespace) -> None:
             f"| {r['d']} | {r['C']} | {r['d'] * r['C']:,} | {r['dense_us']:.0f} | {r['fast_us']:.0f} "
             f"| {faster} |"
         )
+    rule = (
+        "`FAST_MIN_MACS` in `lqf/heads/fixed.py` is set from the CPU's measurement, heads_speed.md"
+        if "gpu" in hw
+        else "`FAST_MIN_MACS` in `lqf/heads/fixed.py` is set from it"
+    )
     lines += [
         "",
         f"Smallest C·d from which the fast path wins at every larger size of the grid: "
-        f"{p['measured_threshold_macs']} (`FAST_MIN_MACS` in `lqf/heads/fixed.py` is set from it).",
+        f"{p['measured_threshold_macs']} ({rule}).",
         "",
         "Notes:",
         "- The fast path folds the d inputs to the period k = min(p2(C + 1), p2(d)), runs a length-k "
@@ -208,13 +232,16 @@ def write_markdown(p: dict, args: argparse.Namespace) -> None:
         "the O(B C d) multiply-adds of a dense head.",
         "- `held by head`: parameters and buffers; the output `(B, C)` (the same for every head) is not "
         "counted. The fixed heads train 1 + C numbers (scale and bias).",
-        "- One torch thread: the 2-core machine was shared with other jobs during the measurement, and "
-        "with 2 threads every kernel waits for both, so a descheduled thread stalls each of the "
-        "transform's ~2 log2 k small kernels (a first attempt with 2 threads measured 376 ms for the "
-        "fast head at C = 1,000, against about 2 ms on one thread). Each timing is a median, so short "
-        "interruptions do not move it much.",
     ]
-    with open(os.path.join(RESULTS, "heads_speed.md"), "w") as handle:
+    if "gpu" not in hw:
+        lines += [
+            "- One torch thread: the 2-core machine was shared with other jobs during the measurement, and "
+            "with 2 threads every kernel waits for both, so a descheduled thread stalls each of the "
+            "transform's ~2 log2 k small kernels (a first attempt with 2 threads measured 376 ms for the "
+            "fast head at C = 1,000, against about 2 ms on one thread). Each timing is a median, so short "
+            "interruptions do not move it much.",
+        ]
+    with open(os.path.join(RESULTS, f"{name}.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

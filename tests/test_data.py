@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,11 @@ from lqf.data.imagefolder import IMAGE_EXTENSIONS
 from lqf.data.splits import draw_val_and_train, holdout_split, stratified_subsample
 from lqf.errors import LqfError
 
-FASHION_DIR = sources.FASHION_MNIST_DIR
+#: where lqf reads Fashion-MNIST from: $LQF_FASHION_MNIST_DIR, else the Debian package's folder
+FASHION_DIR = Path(os.environ.get("LQF_FASHION_MNIST_DIR") or sources.FASHION_MNIST_DIR).expanduser()
 needs_fashion = pytest.mark.skipif(
     not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-    reason="Debian package dataset-fashion-mnist is not installed",
+    reason="no Fashion-MNIST: install the Debian package dataset-fashion-mnist or set LQF_FASHION_MNIST_DIR",
 )
 needs_animal = pytest.mark.skipif(
     importlib.util.find_spec("animal_mnist") is None,

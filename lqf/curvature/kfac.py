@@ -100,6 +100,8 @@ class KFAC:
     def __init__(self, model: LinearizedModel, inputs: torch.Tensor, batch_size: int = 64) -> None:
         self.model = model
         self.dtype = model.delta[0].dtype
+        #: the factors live with the model; ``inputs`` are moved one batch at a time
+        self.device = model.delta[0].device
         self.n = inputs.shape[0]
         self.sizes = [d.numel() for d in model.delta]
         self.offsets = [0]
@@ -108,9 +110,11 @@ class KFAC:
         self.blocks = self._find_blocks()
         covered = {b.weight for b in self.blocks} | {b.bias for b in self.blocks if b.bias is not None}
         self.diagonal_index = [i for i in range(len(self.sizes)) if i not in covered]
-        self.diagonal = [torch.zeros(self.sizes[i], dtype=self.dtype) for i in self.diagonal_index]
+        self.diagonal = [
+            torch.zeros(self.sizes[i], dtype=self.dtype, device=self.device) for i in self.diagonal_index
+        ]
         for i in range(0, self.n, batch_size):
-            self._accumulate(inputs[i : i + batch_size])
+            self._accumulate(inputs[i : i + batch_size].to(self.device))
         for b in self.blocks:
             b.A /= max(b.count, 1)
             b.eA, b.QA = torch.linalg.eigh(b.A.double())
@@ -138,8 +142,8 @@ class KFAC:
                     w,
                     b,
                     groups,
-                    torch.zeros(groups, da, da, dtype=self.dtype),
-                    torch.zeros(groups, out, out, dtype=self.dtype),
+                    torch.zeros(groups, da, da, dtype=self.dtype, device=self.device),
+                    torch.zeros(groups, out, out, dtype=self.dtype, device=self.device),
                 )
             )
         return blocks
@@ -228,17 +232,17 @@ class KFAC:
     def dense(self) -> torch.Tensor:
         """The K-FAC matrix ``kfac(J^T J / N)`` as a dense ``(P, P)`` matrix (tests, tiny models)."""
         p = self.offsets[-1]
-        h = torch.zeros(p, p, dtype=torch.float64)
+        h = torch.zeros(p, p, dtype=torch.float64, device=self.device)
         for b in self.blocks:
             # columns of the layer in the flat layout, in (group, out, in [+bias]) order
-            idx = torch.arange(p)
+            idx = torch.arange(p, device=self.device)
             cols = self._views(b, idx.double()).long()
             for g in range(b.groups):
                 block = torch.kron(b.G[g].double(), b.A[g].double()) / self.n
                 flat = cols[g].reshape(-1)
                 h[flat[:, None], flat[None, :]] = block
         for i, d in zip(self.diagonal_index, self.diagonal, strict=True):
-            r = torch.arange(self.offsets[i], self.offsets[i + 1])
+            r = torch.arange(self.offsets[i], self.offsets[i + 1], device=self.device)
             h[r, r] = d.double()
         return h
 

@@ -101,8 +101,9 @@ def fit_fixed_head(
     from lqf.training.evaluate import accuracy
 
     with torch.no_grad():
-        g_train = head.project(train.to(head.scale.dtype)).double()
-        g_val = head.project(val.to(head.scale.dtype)).double() if val is not None else None
+        # the features may sit on the CPU while the head is on a GPU: project there, fit on the CPU
+        g_train = head.project(train.to(head.scale)).double().cpu()
+        g_val = head.project(val.to(head.scale)).double().cpu() if val is not None else None
     c = head.out_features
     if probe == "ridge":
         targets = nn.functional.one_hot(train_labels, c).double()

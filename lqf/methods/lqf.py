@@ -169,8 +169,12 @@ def _link_input(model: TransferModel, names: list[str], probe: torch.Tensor):
 
 
 def _predict(lin: LinearizedModel, x: torch.Tensor, v: list[torch.Tensor], batch: int = 256) -> torch.Tensor:
+    """``f_lin(x; w0 + v)`` ``(N, C)`` on the CPU (``x`` moved to ``v``'s device batch by batch)."""
     with torch.no_grad():
-        return torch.cat([sum(lin.primal_tangent(x[i : i + batch], v)) for i in range(0, len(x), batch)])
+        parts = [
+            sum(lin.primal_tangent(x[i : i + batch].to(v[0].device), v)) for i in range(0, len(x), batch)
+        ]
+    return torch.cat(parts).cpu()
 
 
 def hutchinson_trace(problem: QuadraticProblem, probes: int = 4, seed: int = 0) -> float:
@@ -178,7 +182,7 @@ def hutchinson_trace(problem: QuadraticProblem, probes: int = 4, seed: int = 0) 
     g = torch.Generator().manual_seed(seed)
     total = 0.0
     for _ in range(probes):
-        u = torch.randint(0, 2, problem.residual.shape, generator=g).float() * 2 - 1
+        u = (torch.randint(0, 2, problem.residual.shape, generator=g).float() * 2 - 1).to(problem.device)
         total += float((problem.vjp(u).pow(2) / problem.metric).sum())
     return total / probes
 
@@ -314,7 +318,7 @@ class LQF(Method):
         for r, dw, info in solutions:
             v = problem.unflatten(dw)
             val_acc = accuracy(_predict(lin, xva, v), yva) if xva is not None else float("nan")
-            train_acc = accuracy(_predict(lin, problem.inputs, v), problem.targets.argmax(1))
+            train_acc = accuracy(_predict(lin, problem.inputs, v), problem.targets.argmax(1).cpu())
             rec = {"ridge_relative": r, "val_accuracy": val_acc, "train_accuracy": train_acc, **info}
             records.append(rec)
             key = (val_acc if not math.isnan(val_acc) else 0.0, r)

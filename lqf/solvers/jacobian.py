@@ -70,7 +70,7 @@ def fill_jacobian(
     for group in parameter_groups(model, columns):
         lo, hi = offsets[group[0]], offsets[group[-1] + 1]
         for i in range(0, n, batch_size):
-            block = jacobian(model, x[i : i + batch_size], group).detach()
+            block = jacobian(model, x[i : i + batch_size].to(out.device), group).detach()
             b = block.shape[0]
             out[i * c : (i + b) * c, lo:hi] = block.reshape(b * c, hi - lo)
     return out

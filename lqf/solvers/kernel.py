@@ -47,11 +47,11 @@ class KernelSolver:
                 "linearize fewer layers or use --solver cg"
             )
         self.problem = problem
-        jac = torch.empty(rows, problem.dim, dtype=problem.dtype)
+        jac = torch.empty(rows, problem.dim, dtype=problem.dtype, device=problem.device)
         fill_jacobian(problem.model, problem.inputs, jac)
         self.jac = jac
         minv = 1.0 / problem.metric
-        kernel = torch.zeros(rows, rows, dtype=torch.float64)
+        kernel = torch.zeros(rows, rows, dtype=torch.float64, device=problem.device)
         step = max(1, int(64 * 2**20 / 4 / max(1, rows)))
         for lo in range(0, problem.dim, step):
             block = jac[:, lo : lo + step]

@@ -48,8 +48,11 @@ class QuadraticProblem:
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
         self.model = model
+        #: where the linearized model lives; ``inputs`` may stay elsewhere (e.g. on the CPU) and are
+        #: moved one batch at a time, every vector of the problem lives here
+        self.device = model.delta[0].device
         self.inputs = inputs
-        self.targets = targets
+        self.targets = targets.to(self.device)
         self.lam = float(lam)
         self.batch_size = batch_size
         self.shapes = [d.shape for d in model.delta]
@@ -59,11 +62,14 @@ class QuadraticProblem:
             raise ValueError("metric needs one positive number per linearized tensor")
         self.dtype = model.delta[0].dtype
         self.metric = torch.cat(
-            [torch.full((s,), v, dtype=self.dtype) for s, v in zip(self.sizes, m, strict=True)]
+            [
+                torch.full((s,), v, dtype=self.dtype, device=self.device)
+                for s, v in zip(self.sizes, m, strict=True)
+            ]
         )
         with torch.no_grad():
             f0 = torch.cat([model.primal(b) for b in self._batches()])
-        self.residual = (targets - f0).detach()
+        self.residual = (self.targets - f0).detach()
 
     @property
     def n(self) -> int:
@@ -75,7 +81,7 @@ class QuadraticProblem:
 
     def _batches(self):
         for i in range(0, self.n, self.batch_size):
-            yield self.inputs[i : i + self.batch_size]
+            yield self.inputs[i : i + self.batch_size].to(self.device)
 
     def unflatten(self, v: torch.Tensor) -> list[torch.Tensor]:
         """A flat ``(P,)`` vector as tensors shaped like ``model.delta``."""
@@ -93,7 +99,7 @@ class QuadraticProblem:
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         """``J^T u`` (flat ``(P,)``) for ``u`` of shape ``(N, C)``."""
-        out = torch.zeros(self.dim, dtype=self.dtype)
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         for i, b in enumerate(self._batches()):
             ub = u[i * self.batch_size : i * self.batch_size + b.shape[0]]
             out += self.flatten(self.model.vjp(b, ub.to(b.dtype)))
@@ -101,7 +107,7 @@ class QuadraticProblem:
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """``H v = J^T J v / N + lam M v`` (one jvp and one vjp per batch)."""
-        out = torch.zeros(self.dim, dtype=self.dtype)
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         vs = self.unflatten(v)
         for b in self._batches():
             with torch.no_grad():
