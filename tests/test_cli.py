@@ -109,6 +109,9 @@ BAD_INPUTS = {
     "option-of-other-method": (["--method", "linear-probe", "--lr", "0.1"], ["--lr", "finetune"]),
     "bad-unfreeze": (["--unfreeze", "half"], ["--unfreeze"]),
     "non-numeric": (["--epochs", "ten"], ["--epochs", "ten"]),
+    "not-a-device": (["--device", "gpu"], ["--device 'gpu' is not a torch device", "cpu, cuda"]),
+    # no machine has 100 CUDA devices: refused with or without CUDA
+    "device-not-here": (["--device", "cuda:99"], ["--device cuda:99"]),
 }
 
 
@@ -197,3 +200,20 @@ def test_compare_shows_metrics_and_differing_settings(tiny_model_spec, tmp_path,
     (b / "metrics.json").unlink()
     code, _, err = run_cli(["compare", a, b], capsys)
     assert_one_line_error(code, err, "not finished", "--resume")
+
+
+def test_evaluate_falls_back_to_the_cpu_and_checks_its_device_flag(tiny_model_spec, tmp_path, capsys) -> None:
+    """A run trained on a device this machine lacks is evaluated on the CPU; an explicit bad
+    ``--device`` is one line."""
+    out = tmp_path / "run"
+    assert run_cli(_fit_args(tiny_model_spec, "digits", out, "--epochs", "1", "--shots", "3"), capsys)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    config["run"]["device"] = "cuda:99"  # as if trained on a machine with many GPUs
+    (out / "config.json").write_text(json.dumps(config))
+    code, stdout, _ = run_cli(["evaluate", out, "--quiet"], capsys)
+    assert code == 0, stdout
+    evaluation = json.loads(next(out.glob("evaluation-*.json")).read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    code, _, err = run_cli(["evaluate", out, "--device", "gpu"], capsys)
+    assert_one_line_error(code, err, "--device 'gpu'")

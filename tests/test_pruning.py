@@ -295,6 +295,10 @@ def test_from_run_refuses_a_different_split(tiny_model_spec, tmp_path, capsys) -
     code = main(["prune", "--from", str(source), "--seed", "3", "--out", str(tmp_path / "p")])
     err = capsys.readouterr().err
     assert code == 2 and "--seed 3 differs from the --from run" in err
+    # the device may differ from the --from run's, but must exist here
+    code = main(["prune", "--from", str(source), "--device", "cuda:99", "--out", str(tmp_path / "q")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "--device cuda:99" in lines[0], lines
     with pytest.raises(LqfError, match="exclude"):
         find_prunable(tiny_net(), exclude=["nope"])
 

@@ -98,9 +98,12 @@ def print_summary(metrics: dict, out: str | None) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lqf.data import load_data
     from lqf.io import write_json
+    from lqf.runs.device import check_device, usable
     from lqf.runs.fit import load_run
     from lqf.training import evaluate
 
+    if args.device:
+        check_device(args.device)
     config, _, model, info = load_run(args.run_dir)
     spec = args.data or config.data
     data = load_data(
@@ -111,7 +114,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{spec!r} has {len(data.classes)} classes but the model in {args.run_dir!r} was trained on "
             f"{info['num_classes']}; evaluate on a data set with the same classes"
         )
-    result = evaluate(model, data.test, batch_size=args.batch_size, device=config.device, quiet=args.quiet)
+    # a run trained on a GPU is evaluated on the CPU of a machine without one
+    device = args.device or (config.device if usable(config.device) else "cpu")
+    result = evaluate(model, data.test, batch_size=args.batch_size, device=device, quiet=args.quiet)
     report = {
         "data": spec,
         "n_test": len(data.test),

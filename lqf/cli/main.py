@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="another data set with the same classes (default: the run's)")
     ev.add_argument("--max-test", type=int, help="evaluate on a stratified subset of this size")
     ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--device", help="torch device (default: the run's where this machine has it, else cpu)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=commands.cmd_evaluate)
 

@@ -213,10 +213,12 @@ def prune(
         final accuracies, compression, file sizes, search timing) and the
         search history.
     """
+    from lqf.runs.device import check_device
     from lqf.training import evaluate
 
     started = time.perf_counter()
     device = config.device
+    check_device(device)
     model.to(device)
     layers = find_prunable(
         model, include_head=options.prune_head, exclude=options.excluded, grouping=options.groups

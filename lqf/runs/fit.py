@@ -26,6 +26,7 @@ from lqf.errors import LqfError
 from lqf.heads.factory import head_from_spec, head_spec, set_head
 from lqf.methods import FitContext, get_method
 from lqf.models import TransferModel, build_model
+from lqf.runs.device import check_device
 from lqf.runs.rundir import RunDirectory
 
 
@@ -126,6 +127,7 @@ def fit(
         options = method_cls.Options()
     if not isinstance(options, method_cls.Options):
         raise LqfError(f"options for {config.method!r} must be {method_cls.Options.__name__}")
+    check_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
