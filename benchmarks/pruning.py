@@ -131,8 +131,13 @@ def lqf(args: list[str], lock: str | None) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def finetune_dir(data: str, seed: int = 0) -> str:
+    """The run directory of the fine-tuned model that every prune run of ``(data, seed)`` starts from."""
+    return os.path.join(RUNS, data, "finetune" if seed == 0 else f"finetune-s{seed}")
+
+
 def finetune(data: str, lock: str | None, seed: int = 0) -> str:
-    out = os.path.join(RUNS, data, "finetune" if seed == 0 else f"finetune-s{seed}")
+    out = finetune_dir(data, seed)
     if not os.path.isfile(os.path.join(out, "metrics.json")):
         resume = os.path.isfile(os.path.join(out, "checkpoint.pt"))
         flags = ["--data", data, *FINETUNE, "--lr", FINETUNE_LR[data], "--epochs", FINETUNE_EPOCHS[data]]
@@ -244,7 +249,7 @@ def selection(data: str, cached: bool, lock: str | None = None) -> tuple[list[di
 
     Returns the rows run so far and whether the selection is complete (with ``cached`` a missing
     run ends it incomplete)."""
-    source = os.path.join(RUNS, data, "finetune")
+    source = finetune_dir(data)
     rows: list[dict] = []
     for drop, setting in ROUND_DROPS.items():
         flags = ["--strategy", "bo", *SETTINGS[setting][1], *SETTINGS[setting][0]]

@@ -11,6 +11,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+#: devices a test can be parametrized over: the CPU, and CUDA where a device is visible
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    ),
+]
+
 
 def tiny_net(seed: int = 0) -> nn.Module:
     """A 2-layer CNN with BatchNorm and dropout, ending in ``nn.Linear``."""

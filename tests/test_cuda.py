@@ -2,6 +2,8 @@
 
 Skipped where no CUDA device is visible. The references are the CPU runs of the same code, and in
 float64 the dense products and finite-difference-checked CPU paths of the other test files.
+Two tests elsewhere also run on CUDA through ``conftest.DEVICES``: the fast head's gradients
+(test_heads.py) and masks holding through optimizer steps (test_pruning.py).
 TF32 is switched off for the comparisons: with it, cuDNN convolutions and matrix products round
 their inputs to 10 mantissa bits (relative error about 1e-3), which is PyTorch's default for
 convolutions on Ampere and later cards and fine for training, but not a float32 comparison.
@@ -19,13 +21,13 @@ from torch import nn
 from lqf.cli.main import main
 from lqf.config import FitConfig
 from lqf.curvature import KFAC
-from lqf.heads import FixedClassifier, make_head
+from lqf.heads import make_head
 from lqf.heads.hadamard import next_pow2
 from lqf.linearization import LinearizedModel
 from lqf.methods.finetune import FinetuneOptions
 from lqf.methods.lqf import LQFOptions
 from lqf.models import build_model
-from lqf.pruning import MaskSet, find_prunable, layer_masks, load_packed
+from lqf.pruning import load_packed
 from lqf.runs.fit import fit, load_run
 
 from .conftest import tiny_net, write_image_folder
@@ -149,18 +151,6 @@ def test_fixed_heads_on_cuda_equal_the_cpu(d: int, c: int) -> None:
     assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
 
 
-def test_fast_hadamard_head_gradients_on_cuda() -> None:
-    fast, dense = (FixedClassifier(64, 40, path=p).double().cuda() for p in ("fast", "dense"))
-    dense.load_state_dict(fast.state_dict())
-    x = torch.randn(5, 64, dtype=torch.float64, device="cuda")
-    xf, xd = x.clone().requires_grad_(), x.clone().requires_grad_()
-    weights = torch.randn(5, 40, dtype=torch.float64, device="cuda")
-    (fast(xf) * weights).sum().backward()
-    (dense(xd) * weights).sum().backward()
-    torch.testing.assert_close(xf.grad, xd.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(fast.scale.grad, dense.scale.grad, rtol=1e-12, atol=1e-12)
-
-
 def test_linearized_model_on_cuda_equals_the_cpu() -> None:
     """f_lin and J v of efficientnet_lite0 (random weights, float64) on both devices, to 1e-10."""
     torch.manual_seed(0)
@@ -188,29 +178,3 @@ def test_kfac_on_cuda_equals_the_cpu() -> None:
     _close(kfac.dense(), ref.dense(), 1e-12)
     v = torch.randn(ref.offsets[-1], dtype=torch.float64)
     _close(kfac.inverse(v.cuda(), 0.05, 0.3), ref.inverse(v, 0.05, 0.3), 1e-10)
-
-
-def test_masks_hold_through_optimizer_steps_on_cuda() -> None:
-    net = tiny_net().cuda()
-    model = nn.Sequential()
-    model.add_module("features", net[:-1])
-    model.add_module("head", net[-1])
-    layers = find_prunable(model, include_head=True, grouping="layer")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    x, y = torch.randn(16, 3, 12, 12, device="cuda"), torch.randint(0, 5, (16,), device="cuda")
-
-    def step() -> None:
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    step()
-    masks = MaskSet(layers)
-    masks.update(layer_masks(layers, {layer.group: 0.6 for layer in layers}))
-    masks.attach(opt)
-    for _ in range(4):
-        step()
-    for layer in layers:
-        w, m = layer.module.weight.detach(), masks.masks[layer.name].to(layer.module.weight.device)
-        assert torch.all(w[~m] == 0), layer.name
-        assert torch.all(layer.module.weight.grad[~m] == 0), layer.name

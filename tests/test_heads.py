@@ -21,6 +21,8 @@ from lqf.heads.hadamard import fwht, hadamard_project, next_pow2, sylvester, tru
 from lqf.heads.orthogonal import random_orthogonal
 from lqf.heads.probe import fit_fixed_head, scale_bias_logistic, scale_bias_ridge
 
+from .conftest import DEVICES
+
 #: float64 fast vs dense: both are sums of the same +-x_j, in different orders
 TOL64 = dict(rtol=1e-12, atol=1e-12)
 
@@ -82,13 +84,14 @@ def test_hadamard_head_equals_dense_reference(d: int, c: int, path: str) -> None
     torch.testing.assert_close(head.project(x) * head.scale + head.bias, head(x), **TOL64)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("d, c", [(16, 40), (16, 100), (1280, 10), (64, 64)])
-def test_fast_and_dense_paths_agree_with_gradients(d: int, c: int) -> None:
-    fast, dense = (FixedClassifier(d, c, path=p).double() for p in ("fast", "dense"))
+def test_fast_and_dense_paths_agree_with_gradients(d: int, c: int, device: str) -> None:
+    fast, dense = (FixedClassifier(d, c, path=p).double().to(device) for p in ("fast", "dense"))
     dense.load_state_dict(fast.state_dict())
-    x = torch.randn(6, d, dtype=torch.float64)
+    x = torch.randn(6, d, dtype=torch.float64, device=device)
     xf, xd = x.clone().requires_grad_(), x.clone().requires_grad_()
-    weights = torch.randn(6, c, dtype=torch.float64)
+    weights = torch.randn(6, c, dtype=torch.float64, device=device)
     (fast(xf) * weights).sum().backward()
     (dense(xd) * weights).sum().backward()
     torch.testing.assert_close(xf.grad, xd.grad, **TOL64)

@@ -29,7 +29,7 @@ from lqf.pruning import (
 )
 from lqf.pruning.masks import predicted_compression
 
-from .conftest import tiny_net, write_image_folder
+from .conftest import DEVICES, tiny_net, write_image_folder
 
 
 def _tiny_layers(include_head: bool = True, grouping: str = "layer"):
@@ -99,10 +99,12 @@ def test_compression_bookkeeping_is_exact() -> None:
     ],
     ids=["adamw-weight-decay", "sgd-momentum"],
 )
-def test_masks_hold_through_optimizer_steps(make_opt) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_masks_hold_through_optimizer_steps(make_opt, device: str) -> None:
     model, layers = _tiny_layers(include_head=True)
+    model.to(device)
     opt = make_opt(model.parameters())
-    x, y = torch.randn(16, 3, 12, 12), torch.randint(0, 5, (16,))
+    x, y = torch.randn(16, 3, 12, 12, device=device), torch.randint(0, 5, (16,), device=device)
 
     def step() -> None:
         opt.zero_grad()
