@@ -272,6 +272,7 @@ def test_one_shot_baselines_reach_the_target_compression(tmp_path: Path, strateg
         (["--target-drop", "1", "--gamma", "0.5"], ["either --target-drop or --gamma"]),
         (["--strategy", "uniform"], ["needs --target-compression"]),
         (["--round-drop", "-0.5"], ["--round-drop must be >= 0", "-0.5"]),
+        (["--back-off", "-1"], ["--back-off must be >= 0", "-1"]),
         (["--max-step", "1"], ["--max-step must be a number > 1", "got 1.0"]),
         (["--space", "cube"], ["--space", "invalid choice", "'cube'"]),
         (["--exclude", "features.9"], ["'features.9'", "not a prunable layer", "features.0"]),
@@ -444,12 +445,17 @@ def test_a_threshold_round_prunes_what_its_trial_reported(tmp_path: Path) -> Non
 
 
 # -- keeping the best candidate, and the drop measured from the current model --------------------------
-def _scripted_tune(monkeypatch, drops: list[float], seen: list[dict]):
+def _scripted_tune(monkeypatch, drops: list[float], seen: list[dict], stop_at: int = -1):
     """Replace fine-tuning by a scripted one: it shifts the kept weights (so that every phase's
-    model differs), snapshots model and masks, and reports validation accuracy ``ref - drop``."""
+    model differs), snapshots model and masks (before and after), and reports validation accuracy
+    ``ref - drop``; the phase number ``stop_at`` is interrupted (Ctrl-C)."""
     from lqf.pruning import finepruning
 
-    def tune(model, masks, data, config, options, epochs, index, run, quiet, history, say):
+    def tune(model, masks, data, config, options, epochs, index, run, quiet, history, say, **kw):
+        if len(seen) == stop_at:
+            raise KeyboardInterrupt
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        before_rate = masks.counts().rate
         with torch.no_grad():
             for layer in masks.layers:
                 layer.module.weight.add_(0.01 * (len(seen) + 1) * masks.masks[layer.name])
@@ -460,6 +466,9 @@ def _scripted_tune(monkeypatch, drops: list[float], seen: list[dict]):
                 "val": val,
                 "rate": masks.counts().rate,
                 "state": {k: v.clone() for k, v in model.state_dict().items()},
+                "before": before,
+                "before_rate": before_rate,
+                "epochs": epochs,
             }
         )
         return val
@@ -478,7 +487,14 @@ def test_keep_best_ends_with_the_most_compressed_feasible_candidate(tmp_path, mo
     seen: list[dict] = []
     _scripted_tune(monkeypatch, drops, seen)
     options = PruneOptions(
-        rounds=3, trials=3, startup_trials=2, round_epochs=1, final_epochs=1, target_drop=1, round_drop=60
+        rounds=3,
+        trials=3,
+        startup_trials=2,
+        round_epochs=1,
+        final_epochs=1,
+        target_drop=1,
+        round_drop=60,
+        back_off=0,
     )
     run = RunDirectory(str(tmp_path / "run"))
     result = finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
@@ -496,6 +512,79 @@ def test_keep_best_ends_with_the_most_compressed_feasible_candidate(tmp_path, mo
     assert [c["step"] for c in result.metrics["candidates"]] == [s["step"] for s in seen]
     for layer in result.masks.layers:  # the masks came back with the weights
         assert torch.all(layer.module.weight[~result.masks.masks[layer.name]] == 0)
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("back_off", [None, 1])
+def test_back_off_undoes_rounds_until_a_model_is_within_the_target(tmp_path, monkeypatch, back_off) -> None:
+    from lqf.pruning import finepruning
+    from lqf.runs import RunDirectory
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    seen: list[dict] = []
+    # three rounds and the final phase over the target; undoing round 3 is not enough, round 2 is
+    _scripted_tune(monkeypatch, [2.0, 3.0, 4.0, 5.0, 1.5, 0.5], seen)
+    options = PruneOptions(
+        rounds=3,
+        trials=3,
+        startup_trials=2,
+        round_epochs=1,
+        final_epochs=2,
+        target_drop=1,
+        round_drop=60,
+        back_off=back_off,
+    )
+    run = RunDirectory(str(tmp_path / "run"))
+    result = finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
+    m = result.metrics
+    undone = [3, 2] if back_off is None else [3]
+    assert len(seen) == 4 + len(undone)
+    for phase, r in zip(seen[4:], undone, strict=True):
+        # each back-off starts from the model and masks after round r - 1's fine-tuning, exactly
+        assert _same_state(phase["before"], seen[r - 2]["state"])
+        assert phase["before_rate"] == seen[r - 2]["rate"] and phase["epochs"] == options.final_epochs
+    assert [b["round"] for b in m["back_off"]] == undone
+    assert m["tune_epochs_run"] == 3 * 1 + 2 * (1 + len(undone))
+    if back_off is None:  # round 2 undone: the model after round 1's fine-tuning, fine-tuned again
+        assert m["kept_step"] == seen[5]["step"]
+        assert result.history["best"]["drop"] == pytest.approx(0.5, abs=1e-6)
+        assert m["compression"] == pytest.approx(seen[0]["rate"], rel=1e-12)
+        assert m["theta"] == result.history["rounds"][0]["theta"]
+    else:  # one round only, and still over the target: the run ends with the last model
+        assert m["kept_step"] is None
+    assert _same_state(result.model.state_dict(), seen[-1]["state"])
+    for layer in result.masks.layers:
+        assert torch.all(layer.module.weight[~result.masks.masks[layer.name]] == 0)
+    assert not list((tmp_path / "run").glob("round*.pt"))  # the saved rounds go once the run is done
+
+
+def test_an_interrupted_back_off_resumes_without_repeating_a_finished_one(tmp_path, monkeypatch) -> None:
+    from lqf.pruning import finepruning
+    from lqf.runs import RunDirectory
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    drops = [2.0, 3.0, 4.0, 5.0, 1.5, 0.5]
+    options = PruneOptions(
+        rounds=3, trials=3, startup_trials=2, round_epochs=1, final_epochs=1, target_drop=1, round_drop=60
+    )
+    whole: list[dict] = []
+    _scripted_tune(monkeypatch, drops, whole)
+    expected = finepruning.prune(make_model(), data, config, options, quiet=True)  # no run directory
+    seen: list[dict] = []
+    _scripted_tune(monkeypatch, drops, seen, stop_at=5)  # Ctrl-C in the second back-off
+    run = RunDirectory(str(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
+    assert len(seen) == 5 and (tmp_path / "run" / "round1.pt").is_file()
+    _scripted_tune(monkeypatch, drops, seen)
+    result = finepruning.prune(make_model(), data, config, options, run=run, resume=True, quiet=True)
+    assert len(seen) == 6  # only the unfinished back-off ran again
+    assert _same_state(seen[5]["before"], whole[5]["before"])
+    assert _same_state(result.model.state_dict(), expected.model.state_dict())
+    assert result.metrics["back_off"] == expected.metrics["back_off"]
 
 
 def test_current_reference_is_measured_on_the_fine_tuned_model(tmp_path, monkeypatch) -> None:

@@ -208,6 +208,11 @@ def print_summary(m: dict, out: str, say) -> None:
             f"{m['search_sampler_seconds']:.0f} s in the sampler "
             f"({100 * m['search_overhead_share']:.1f}% overhead)"
         )
+    if m.get("back_off"):
+        undone = ", ".join(str(b["round"]) for b in m["back_off"])
+        lines.append(
+            f"  back-off       undid round(s) {undone}: {m['tune_epochs_run']} fine-tuning epochs in all"
+        )
     lines += [
         f"  time           {m['seconds']:.0f} s",
         f"  run directory  {out}  (model.safetensors, model.packed.safetensors, history.json, "

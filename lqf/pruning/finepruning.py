@@ -27,8 +27,12 @@ round. After every fine-tuning phase the model is a candidate: with
 ``--keep-best`` (the default) the run ends with the most compressed candidate
 whose validation drop from the unpruned model is within ``--target-drop``
 (chosen on validation, never on test), so a last round that pruned too far
-cannot spoil the result. The final drop on test is measured and reported, not
-guaranteed.
+cannot spoil the result. If no candidate is within the target, ``--back-off``
+undoes the rounds from the last: the model as it was before that round pruned
+(saved after the previous round's fine-tuning) is fine-tuned for
+``--final-epochs`` and becomes a candidate, until one is within the target
+(each undone round costs ``--final-epochs`` more; the first round is never
+undone). The final drop on test is measured and reported, not guaranteed.
 
 What theta is depends on ``--space``. ``threshold`` (the default): one global
 magnitude threshold, set by how much more compression it would add, times one
@@ -76,6 +80,8 @@ HISTORY = "history.json"
 PACKED = "model.packed.safetensors"
 PARETO = "pareto.png"
 BEST = "best.pt"
+#: the model and masks after round ``r``'s fine-tuning, kept while the run may back off to them
+SNAPSHOT = "round{}.pt"
 RATES = "rates.png"
 
 
@@ -270,6 +276,9 @@ def prune(
     steps = plan(options)
     kept: dict[str, Any] = {}  # the state of history["best"], once this process has it
     keeping = options.searched and options.keep_best and objective.constrained
+    last = len(steps) - 1
+    snapshots: dict[int, dict[str, Any]] = {}  # round -> state (in memory when there is no run)
+    undo = options.back_off_rounds if keeping and options.final_epochs > 0 else 0
     recal = bn_batches(data, config.batch_size, options.bn_batches, config.seed + 7919)
     measure = MaskedAccuracy(model, layers, subset, eval_batch, device, recal)
     for index, (kind, arg) in enumerate(steps):
@@ -297,20 +306,44 @@ def prune(
             val = _tune(model, masks, data, config, options, arg, index, run, quiet, history, say)
             if keeping:
                 _keep_if_best(model, masks, val, index, options, history, run, kept)
+        if kind == "tune" and options.rounds - undo <= (index + 1) // 2 < options.rounds:
+            _save_snapshot(run, snapshots, (index + 1) // 2, model, masks)
         history["steps"] = [s for s in history["steps"] if s["step"] != index]
         history["steps"].append({"step": index, "kind": kind, "seconds": time.perf_counter() - step_start})
         _save_history(run, history)
         if run is not None:
             run.save_checkpoint({"step": index, "model": model.state_dict(), "masks": masks.state_dict()})
     if keeping:
-        last = len(steps) - 1
         if steps[last][1] == 0:  # no final fine-tuning: the model as the last search left it
             model.eval()
             val = evaluate(model, data.val, batch_size=eval_batch, device=device)["accuracy"]
             _keep_if_best(model, masks, val, last, options, history, run, kept)
+        for k in range(undo):
+            if history.get("best") is not None:
+                break
+            last = len(steps) + k
+            if last >= first:
+                _back_off(
+                    options.rounds - k,
+                    last,
+                    model,
+                    masks,
+                    data,
+                    config,
+                    options,
+                    history,
+                    run,
+                    snapshots,
+                    kept,
+                    quiet,
+                    say,
+                )
         _restore_best(model, masks, history, run, last, say, kept, options.epsilon)
     model.eval()
     metrics = _finish(model, masks, data, config, options, history, run, eval_batch, quiet)
+    for r in range(1, options.rounds):  # only a resumed back-off needs them
+        if run is not None and run.has(SNAPSHOT.format(r)):
+            os.remove(run.file(SNAPSHOT.format(r)))
     metrics["wall_seconds_this_process"] = time.perf_counter() - started
     if run is not None:
         run.write_metrics(metrics)
@@ -436,7 +469,59 @@ def _prune_once(layers, masks, options, history, say):
     )
 
 
-def _tune(model, masks, data, config, options, epochs, index, run, quiet, history, say):
+def _save_snapshot(run, snapshots: dict[int, dict[str, Any]], r: int, model, masks) -> None:
+    """Keep the model and masks after round ``r``'s fine-tuning (a file in ``run``, else memory)."""
+    state = {
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "masks": {k: v.cpu().clone() for k, v in masks.state_dict().items()},
+    }
+    if run is None:
+        snapshots[r] = state
+    else:
+        atomic_write(run.file(SNAPSHOT.format(r)), lambda tmp: torch.save(state, tmp))
+
+
+def _back_off(undone, index, model, masks, data, config, options, history, run, snapshots, kept, quiet, say):
+    """Step ``index``: undo round ``undone`` (restore the state its search started from, i.e. after
+    round ``undone - 1``'s fine-tuning), fine-tune it for ``--final-epochs``, offer it as a candidate."""
+    started = time.perf_counter()
+    state = snapshots.get(undone - 1)
+    if state is None and run is not None and run.has(SNAPSHOT.format(undone - 1)):
+        state = torch.load(run.file(SNAPSHOT.format(undone - 1)), map_location="cpu", weights_only=False)
+    if state is None:
+        raise LqfError("the saved rounds of this prune run are missing; run it again without --resume")
+    model.load_state_dict(state["model"])
+    masks.load_state_dict(state["masks"])
+    say(
+        f"no model within {options.epsilon:g} points of validation drop: undoing round {undone} "
+        f"(back to {masks.counts().rate:.2f}x) and fine-tuning {options.final_epochs} epoch(s)"
+    )
+    final = len(plan(options)) - 1  # the same learning-rate schedule as the final phase
+    val = _tune(
+        model,
+        masks,
+        data,
+        config,
+        options,
+        options.final_epochs,
+        index,
+        run,
+        quiet,
+        history,
+        say,
+        schedule_index=final,
+    )
+    _keep_if_best(model, masks, val, index, options, history, run, kept, round_index=undone - 1)
+    entry = {**history["candidates"][-1], "round": undone}  # the round undone
+    history["back_off"] = [b for b in history.get("back_off", []) if b["step"] != index] + [entry]
+    history["steps"] = [s for s in history["steps"] if s["step"] != index]
+    history["steps"].append({"step": index, "kind": "back-off", "seconds": time.perf_counter() - started})
+    _save_history(run, history)
+    if run is not None:
+        run.save_checkpoint({"step": index, "model": model.state_dict(), "masks": masks.state_dict()})
+
+
+def _tune(model, masks, data, config, options, epochs, index, run, quiet, history, say, schedule_index=None):
     from lqf.methods.base import FitContext
     from lqf.training import train_epochs
 
@@ -445,7 +530,9 @@ def _tune(model, masks, data, config, options, epochs, index, run, quiet, histor
     opt = torch.optim.AdamW(model.parameters(), lr=options.tune_lr, weight_decay=options.tune_weight_decay)
     phase = dataclasses.replace(config, epochs=epochs, seed=config.seed * 1009 + index + 1)
     steps = data.train.num_batches(config.batch_size)
-    scheduler = _phase_schedule(opt, steps, epochs, index, options)
+    scheduler = _phase_schedule(
+        opt, steps, epochs, index if schedule_index is None else schedule_index, options
+    )
     ctx = FitContext(config=phase, run=None, quiet=quiet)
     torch.manual_seed(phase.seed)  # dropout: the same in a resumed run
     handle = masks.attach(opt)
@@ -475,7 +562,7 @@ def _phase_schedule(opt, steps: int, epochs: int, index: int, options: PruneOpti
     return _schedule(opt, schedule, steps, options.tune_epochs, offset=before * steps)
 
 
-def _keep_if_best(model, masks, val, step, options, history, run, kept) -> None:
+def _keep_if_best(model, masks, val, step, options, history, run, kept, round_index=None) -> None:
     """Record the model after ``step`` as a candidate; keep it if it is the most compressed one
     whose validation drop from the unpruned model is within ``--target-drop`` (at equal
     compression the more accurate one; on a tie the later, more fine-tuned one)."""
@@ -483,7 +570,7 @@ def _keep_if_best(model, masks, val, step, options, history, run, kept) -> None:
     rate = masks.counts().rate
     entry = {
         "step": step,
-        "round": len(history["rounds"]),
+        "round": len(history["rounds"]) if round_index is None else round_index,
         "val_accuracy": val,
         "drop": drop,
         "compression": rate,
@@ -562,6 +649,10 @@ def _finish(model, masks, data, config, options, history, run, eval_batch, quiet
         "theta": _theta_of_result(history),
         "group_fractions": _group_fractions(counts),
         "kept_step": history["best"]["step"] if history.get("best") else None,
+        "back_off": history.get("back_off", []),
+        "tune_epochs_run": options.tune_epochs + len(history.get("back_off", [])) * options.final_epochs
+        if options.searched
+        else options.tune_epochs,
         "candidates": history.get("candidates", []),
         "trials": len(trials),
         "search_sampler_seconds": sampler_s,

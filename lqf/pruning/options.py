@@ -49,6 +49,13 @@ class PruneOptions:
         "with --target-drop: after every fine-tuning phase keep the most compressed model whose "
         "validation drop is within the target, and end with it (bo, random)",
     )
+    back_off: int | None = option(
+        None,
+        "with --target-drop and --keep-best: if no fine-tuned model is within the target, undo the "
+        "last round (back to the model its fine-tuning started from) and fine-tune that for "
+        "--final-epochs, then the round before, until one is within the target; at most this many "
+        "rounds (default: all but the first; 0: never); each costs --final-epochs more",
+    )
     rounds: int = option(3, "search rounds, each followed by --round-epochs of fine-tuning (bo, random)")
     trials: int = option(24, "trials per search round (quick evaluations on the validation subset)")
     startup_trials: int = option(8, "trials per round before the GP takes over (warm-start ones count)")
@@ -124,6 +131,10 @@ class PruneOptions:
                 f"--gamma must be in [0, 1], got {self.gamma}",
             ),
             (self.rounds < 1, f"--rounds must be >= 1, got {self.rounds}"),
+            (
+                self.back_off is not None and self.back_off < 0,
+                f"--back-off must be >= 0 rounds, got {self.back_off}",
+            ),
             (self.trials < 1, f"--trials must be >= 1, got {self.trials}"),
             (self.startup_trials < 1, f"--startup-trials must be >= 1, got {self.startup_trials}"),
             (self.bn_batches < 0, f"--bn-batches must be >= 0, got {self.bn_batches}"),
@@ -181,6 +192,12 @@ class PruneOptions:
         return [name.strip() for name in self.exclude.split(",") if name.strip()]
 
     @property
+    def back_off_rounds(self) -> int:
+        """How many rounds a run may undo (never the first: undoing it would leave nothing pruned)."""
+        most = max(self.rounds - 1, 0)
+        return most if self.back_off is None else min(self.back_off, most)
+
+    @property
     def tune_epochs(self) -> int:
-        """Fine-tuning epochs in all: the same budget for every strategy."""
+        """Fine-tuning epochs in all, before any ``--back-off``: the same budget for every strategy."""
         return self.rounds * self.round_epochs + self.final_epochs
