@@ -57,7 +57,18 @@ FINETUNE_EPOCHS = {"fashion-mnist": "15", "animal-mnist": "6"}
 TUNE_LR = ["--tune-lr", "3e-4"]
 BUDGET = ["--rounds", "3", "--round-epochs", "1", "--final-epochs", "1", *TUNE_LR]  # 4 epochs in all
 #: the per-group fractions the first settings searched (the default before the threshold space)
-SEARCH = ["--target-drop", "1", "--trials", "14", "--startup-trials", "5", "--space", "fraction"]
+SEARCH = [
+    "--target-drop",
+    "1",
+    "--trials",
+    "14",
+    "--startup-trials",
+    "5",
+    "--space",
+    "fraction",
+    "--back-off",
+    "0",
+]
 #: 8 fine-tuning epochs: four rounds of one epoch, then four
 ROUNDS8 = ["--rounds", "4", "--round-epochs", "1", "--final-epochs", "4"]
 BUDGET8 = [*ROUNDS8, *TUNE_LR]
@@ -68,13 +79,17 @@ LARGEVAL8 = [*ROUNDS8, "--extra-val", "150"]
 #: fashion-mnist seed 0: benchmarks/results/pruning_budget.md)
 THRESHOLD_SEARCH = ["--target-drop", "1", "--space", "threshold", "--round-reference", "current"]
 THRESHOLD_SEARCH += ["--max-step", "3", "--trials", "12", "--startup-trials", "5"]
-SEARCH8 = [*THRESHOLD_SEARCH, "--round-drop", "3"]
+#: the settings run before --back-off existed (it is on by default since): they keep it off
+NO_BACK_OFF = ["--back-off", "0"]
+SEARCH8 = [*THRESHOLD_SEARCH, "--round-drop", "3", *NO_BACK_OFF]
 #: test images of the first settings (a fixed stratified subset for fashion-mnist; animal-mnist has
 #: 2,000); the threshold setting tests on the whole test split
 MAX_TEST = ["--max-test", "2000"]
 LEVELS = (1.0, 0.7)
 #: the round drops beyond 3 that the `largeval` search is run at to choose one per data set
 LARGER_DROPS = ("4", "5", "6", "10", "15")
+#: the round drops chosen without back-off (fashion-mnist 5, animal-mnist 10), run with it
+BACK_OFF_DROPS = ("5", "10")
 #: settings: (flags of every prune run incl. the fine-tuning budget, extra flags of the searched ones)
 SETTINGS = {
     # every trial of the search proposed by the sampler (random starts, then the GP)
@@ -89,7 +104,13 @@ SETTINGS = {
     "largeval": (LARGEVAL8, SEARCH8),
     # the same with a larger round drop: the candidates the round drop is chosen from, per data
     # set, on its validation split (seed 0)
-    **{f"largeval-drop{d}": (LARGEVAL8, [*THRESHOLD_SEARCH, "--round-drop", d]) for d in LARGER_DROPS},
+    **{
+        f"largeval-drop{d}": (LARGEVAL8, [*THRESHOLD_SEARCH, "--round-drop", d, *NO_BACK_OFF])
+        for d in LARGER_DROPS
+    },
+    # the chosen round drop of each data set with --back-off (the default): a run with no model
+    # within the target undoes its rounds from the last until one is
+    **{f"backoff-drop{d}": (LARGEVAL8, [*THRESHOLD_SEARCH, "--round-drop", d]) for d in BACK_OFF_DROPS},
 }
 #: the `largeval` search at these round drops, each run on seed 0 of each data set; the one that keeps
 #: the most compression within 1 point of validation accuracy is that data set's setting
@@ -222,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for data in args.data:
         # the round drop is chosen once per data set, on seed 0
-        settings = [choose_round_drop(data, args) if s == CHOSEN else s for s in args.settings]
+        settings = [with_back_off(choose_round_drop(data, args)) if s == CHOSEN else s for s in args.settings]
         for seed in args.seeds:
+            if args.cached and not os.path.isfile(os.path.join(finetune_dir(data, seed), "metrics.json")):
+                continue  # not on this machine: its committed entries are reported as they are
             source = finetune(data, args.lock, seed)
             with open(os.path.join(source, "metrics.json")) as handle:
                 ft = json.load(handle)
@@ -238,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                             "finetune": ft,
                             "finetune_run": os.path.relpath(source, ROOT),
                             "runs": runs,
+                            "hardware": hardware(),
                         }
                     )
     write(results, args, time.time() - started)
@@ -253,17 +277,57 @@ def selection(data: str, cached: bool, lock: str | None = None) -> tuple[list[di
     rows: list[dict] = []
     for drop, setting in ROUND_DROPS.items():
         flags = ["--strategy", "bo", *SETTINGS[setting][1], *SETTINGS[setting][0]]
-        result = prune(data, "bo", source, flags, lock, setting, cached)
+        result = prune(data, "bo", source, flags, lock, setting, cached=True)
+        if result is None:  # not on this machine: the committed result, else run it
+            result = committed().get((data, setting, 0), {}).get("runs", {}).get("bo")
+        if result is None:
+            result = committed_selection().get((data, setting))
+        if result is None and not cached:
+            result = prune(data, "bo", source, flags, lock, setting, cached)
         if result is None:
             return rows, False
         rows.append({"round_drop": float(drop), "setting": setting, "bo": result})
     return rows, True
 
 
+def committed() -> dict[tuple, dict]:
+    """The entries of the committed ``results/pruning.json`` by ``(data, setting, seed)``."""
+    path = os.path.join(RESULTS, "pruning.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as handle:
+        return {_key(e): e for e in json.load(handle)["results"]}
+
+
+def committed_selection() -> dict[tuple[str, str], dict]:
+    """The selection runs (bo, seed 0) recorded in the committed ``results/pruning.json``."""
+    path = os.path.join(RESULTS, "pruning.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as handle:
+        rows = json.load(handle).get("selection", [])
+    return {(row["data"], row["setting"]): row["bo"] for row in rows}
+
+
+def slim(run: dict) -> dict:
+    """What the selection table needs of a run (kept in pruning.json)."""
+    keys = ("compression", "val_drop_points", "test_drop_points", "kept_step", "run_dir", "recorded_from")
+    out = {k: run[k] for k in keys if k in run}
+    out["rounds"] = [{k: r[k] for k in ("round", "compression", "drop")} for r in run.get("rounds", [])]
+    return out
+
+
+def with_back_off(setting: str | None) -> str | None:
+    """The ``backoff-drop{D}`` setting of a chosen ``largeval-drop{D}`` one (itself if there is none)."""
+    drop = next((d for d, s in ROUND_DROPS.items() if s == setting), None)
+    return f"backoff-drop{drop}" if drop in BACK_OFF_DROPS else setting
+
+
 def choose_round_drop(data: str, args: argparse.Namespace) -> str | None:
     """The setting of the round drop whose bo run (seed 0) keeps the most compression within 1 point
     of validation accuracy (``None`` while selection runs are missing with ``--cached``)."""
-    finetune(data, args.lock)
+    if not args.cached:
+        finetune(data, args.lock)
     return pick(*selection(data, args.cached, args.lock))
 
 
@@ -276,9 +340,10 @@ def pick(rows: list[dict], complete: bool) -> str | None:
     return LATEST if best is None else next(r["setting"] for r in rows if r["bo"] is best)
 
 
-def selection_lines(datasets: list[str]) -> tuple[dict[str, str], list[str]]:
-    """The chosen setting per data set (from finished selection runs) and its table."""
+def selection_lines(datasets: list[str]) -> tuple[dict[str, str], list[str], list[dict]]:
+    """The chosen setting per data set (from finished selection runs), its table and its rows."""
     chosen: dict[str, str] = {}
+    recorded: list[dict] = []
     lines = [
         "## The round drop, chosen per data set on validation (seed 0)",
         "",
@@ -296,6 +361,7 @@ def selection_lines(datasets: list[str]) -> tuple[dict[str, str], list[str]]:
         if setting is None:
             continue
         chosen[data] = setting
+        recorded += [{"data": data, **row, "bo": slim(row["bo"])} for row in rows]
         for row in rows:
             bo = row["bo"]
             steps = ", ".join(f"{r['compression']:.2f}x ({r['drop']:+.1f})" for r in bo["rounds"])
@@ -303,7 +369,7 @@ def selection_lines(datasets: list[str]) -> tuple[dict[str, str], list[str]]:
                 f"| {data} | {row['round_drop']:g} | {bo['compression']:.2f}x | {bo['val_drop_points']:+.2f} "
                 f"| {bo['test_drop_points']:+.2f} | {steps} | {'yes' if row['setting'] == setting else ''} |"
             )
-    return chosen, (lines + [""] if chosen else [])
+    return chosen, (lines + [""] if chosen else []), recorded
 
 
 def prune_all(data: str, seed: int, setting: str, source: str, args: argparse.Namespace) -> dict | None:
@@ -341,7 +407,8 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
         args.remark = args.remark or kept.get("remark")
     if os.path.isfile(path):  # keep the (data, setting, seed) entries of earlier invocations
         with open(path) as handle:
-            earlier = json.load(handle)["results"]
+            before = json.load(handle)
+        earlier = [{"hardware": before["hardware"], **e} for e in before["results"]]  # where they ran
         mine = {_key(e) for e in results}
         results = [e for e in earlier if _key(e) not in mine] + results
         order = list(SETTINGS)
@@ -354,8 +421,15 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
             str(e.get("seed", 0)) for e in results if (e["setting"], e["data"]) == (setting, data)
         )
         commands.append(f"python benchmarks/pruning.py --settings {setting} --data {data} --seeds {seeds}")
-    chosen, table = selection_lines(list(dict.fromkeys(e["data"] for e in results)))
-    picked = [e for e in results if chosen.get(e["data"]) == e["setting"]]
+    chosen, table, recorded = selection_lines(list(dict.fromkeys(e["data"] for e in results)))
+    # what the summary shows per data set: the chosen round drop with back-off where it was run
+    shown = {
+        data: with_back_off(setting)
+        if any(e["data"] == data and e["setting"] == with_back_off(setting) for e in results)
+        else setting
+        for data, setting in chosen.items()
+    }
+    picked = [e for e in results if shown.get(e["data"]) == e["setting"]]
     if picked:  # the default command: selection and the chosen settings
         data = " ".join(dict.fromkeys(e["data"] for e in picked))
         seeds = " ".join(dict.fromkeys(str(e.get("seed", 0)) for e in picked))
@@ -367,6 +441,7 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
         "wall_seconds": seconds,
         "remark": args.remark,
         "results": results,
+        "selection": recorded,
     }
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2)
@@ -374,15 +449,33 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
         "# Fine-Pruning benchmark",
         "",
         HEADER,
-        f"Hardware: {payload['hardware']['cpu']}, {payload['hardware']['cores']} cores, "
-        f"torch {payload['hardware']['torch']} on the CPU. Run time of the reported runs (sum of the"
+        f"Hardware: {machines(results)}. Run time of the reported runs (sum of the"
         " fine-tuning and prune runs, on a machine shared with other work):"
         f" {total_minutes(results):.0f} min.",
         f"Command: `{command}`.",
         "",
     ]
     lines += table
-    for data, setting in chosen.items():
+    for data, setting in shown.items():
+        if setting == chosen[data] and with_back_off(setting) != setting:
+            searched = [
+                r
+                for e in results
+                if (e["data"], e["setting"]) == (data, setting)
+                for n, r in e["runs"].items()
+                if n in ("bo", "random")
+            ]
+            same = all(r.get("kept_step") is not None for r in searched)
+            lines += [
+                f"{data}: not run with `--back-off` (setting {with_back_off(setting)})"
+                + (
+                    f": every bo and random run of {setting} below kept a model within the target, and "
+                    "back-off acts only when none is, so these runs are the ones back-off gives."
+                    if same
+                    else ", and some runs below kept no model within the target: back-off would change them."
+                ),
+                "",
+            ]
         lines += summary([e for e in results if e["data"] == data], setting)
     lines += ["# Every run", ""]
     for entry in results:
@@ -446,10 +539,10 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
             lines.append(f"- {family}: {text}")
         lines.append("")
     lines += ["# Earlier settings", ""]
-    for setting in (LATEST, "threshold"):
-        lines += summary([e for e in results if chosen.get(e["data"]) != setting], setting)
+    for setting in (*dict.fromkeys(chosen[d] for d in shown if shown[d] != chosen[d]), LATEST, "threshold"):
+        lines += summary([e for e in results if shown.get(e["data"]) != setting], setting)
     plot(
-        [e for e in results if chosen.get(e["data"]) == e["setting"]] or results,
+        [e for e in results if shown.get(e["data"]) == e["setting"]] or results,
         os.path.join(RESULTS, "pruning.png"),
     )
     lines += ["![test accuracy against compression](pruning.png)", ""]
@@ -505,6 +598,20 @@ def _mean_sd(values: list[float]) -> str:
 
 def _key(entry: dict) -> tuple:
     return entry["data"], entry["setting"], entry.get("seed", 0)
+
+
+def machines(results: list[dict]) -> str:
+    """The machines the entries ran on, each with its settings."""
+    groups: dict[str, list[str]] = {}
+    for e in results:
+        hw = e.get("hardware") or hardware()
+        name = f"{hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} on the CPU"
+        groups.setdefault(name, [])
+        if e["setting"] not in groups[name]:
+            groups[name].append(e["setting"])
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{name} ({', '.join(settings)})" for name, settings in groups.items())
 
 
 def total_minutes(results: list[dict]) -> float:
