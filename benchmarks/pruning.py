@@ -429,10 +429,10 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
         else setting
         for data, setting in chosen.items()
     }
-    picked = [e for e in results if shown.get(e["data"]) == e["setting"]]
+    picked = [e for e in results if e["data"] in chosen and e["setting"] == with_back_off(chosen[e["data"]])]
     if picked:  # the default command: selection and the chosen settings
         data = " ".join(dict.fromkeys(e["data"] for e in picked))
-        seeds = " ".join(dict.fromkeys(str(e.get("seed", 0)) for e in picked))
+        seeds = " ".join(str(x) for x in sorted({e.get("seed", 0) for e in picked}))
         commands.insert(0, f"python benchmarks/pruning.py --data {data} --seeds {seeds}")
     command = "; ".join(commands)
     payload = {

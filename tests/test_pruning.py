@@ -476,6 +476,12 @@ def _scripted_tune(monkeypatch, drops: list[float], seen: list[dict], stop_at: i
     monkeypatch.setattr(finepruning, "_tune", tune)
 
 
+def _three_rounds(**changes) -> PruneOptions:
+    """Three quick rounds of one epoch, a final phase, a 1-point target (rounds may lose 60)."""
+    settings = {"rounds": 3, "trials": 3, "startup_trials": 2, "round_epochs": 1, "final_epochs": 1}
+    return PruneOptions(**{**settings, "target_drop": 1, "round_drop": 60, **changes})
+
+
 @pytest.mark.parametrize(
     "drops", [[0.5, 0.2, 5.0, 3.0], [0.5, 4.0, 0.9, 0.1], [0.5, 4.0, 0.1, 0.9], [2.0, 3.0, 4.0, 5.0]]
 )
@@ -486,16 +492,7 @@ def test_keep_best_ends_with_the_most_compressed_feasible_candidate(tmp_path, mo
     config, data, make_model = _tiny_setup(tmp_path)
     seen: list[dict] = []
     _scripted_tune(monkeypatch, drops, seen)
-    options = PruneOptions(
-        rounds=3,
-        trials=3,
-        startup_trials=2,
-        round_epochs=1,
-        final_epochs=1,
-        target_drop=1,
-        round_drop=60,
-        back_off=0,
-    )
+    options = _three_rounds(back_off=0)
     run = RunDirectory(str(tmp_path / "run"))
     result = finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
     assert len(seen) == 4  # three rounds and the final phase
@@ -527,16 +524,7 @@ def test_back_off_undoes_rounds_until_a_model_is_within_the_target(tmp_path, mon
     seen: list[dict] = []
     # three rounds and the final phase over the target; undoing round 3 is not enough, round 2 is
     _scripted_tune(monkeypatch, [2.0, 3.0, 4.0, 5.0, 1.5, 0.5], seen)
-    options = PruneOptions(
-        rounds=3,
-        trials=3,
-        startup_trials=2,
-        round_epochs=1,
-        final_epochs=2,
-        target_drop=1,
-        round_drop=60,
-        back_off=back_off,
-    )
+    options = _three_rounds(final_epochs=2, back_off=back_off)
     run = RunDirectory(str(tmp_path / "run"))
     result = finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
     m = result.metrics
@@ -567,9 +555,7 @@ def test_an_interrupted_back_off_resumes_without_repeating_a_finished_one(tmp_pa
 
     config, data, make_model = _tiny_setup(tmp_path)
     drops = [2.0, 3.0, 4.0, 5.0, 1.5, 0.5]
-    options = PruneOptions(
-        rounds=3, trials=3, startup_trials=2, round_epochs=1, final_epochs=1, target_drop=1, round_drop=60
-    )
+    options = _three_rounds()
     whole: list[dict] = []
     _scripted_tune(monkeypatch, drops, whole)
     expected = finepruning.prune(make_model(), data, config, options, quiet=True)  # no run directory

@@ -469,12 +469,27 @@ def _prune_once(layers, masks, options, history, say):
     )
 
 
-def _save_snapshot(run, snapshots: dict[int, dict[str, Any]], r: int, model, masks) -> None:
-    """Keep the model and masks after round ``r``'s fine-tuning (a file in ``run``, else memory)."""
-    state = {
+def _state(model, masks) -> dict[str, Any]:
+    """A CPU copy of the model's and the masks' state."""
+    return {
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "masks": {k: v.cpu().clone() for k, v in masks.state_dict().items()},
     }
+
+
+def _load_state(model, masks, state, run, name: str, what: str) -> None:
+    """Load ``state`` (or, if ``None``, the file ``name`` of ``run``) into the model and masks."""
+    if state is None and run is not None and run.has(name):
+        state = torch.load(run.file(name), map_location="cpu", weights_only=False)
+    if state is None:
+        raise LqfError(f"this prune run has lost its {what}; run it again without --resume")
+    model.load_state_dict(state["model"])
+    masks.load_state_dict(state["masks"])
+
+
+def _save_snapshot(run, snapshots: dict[int, dict[str, Any]], r: int, model, masks) -> None:
+    """Keep the model and masks after round ``r``'s fine-tuning (a file in ``run``, else memory)."""
+    state = _state(model, masks)
     if run is None:
         snapshots[r] = state
     else:
@@ -485,13 +500,7 @@ def _back_off(undone, index, model, masks, data, config, options, history, run, 
     """Step ``index``: undo round ``undone`` (restore the state its search started from, i.e. after
     round ``undone - 1``'s fine-tuning), fine-tune it for ``--final-epochs``, offer it as a candidate."""
     started = time.perf_counter()
-    state = snapshots.get(undone - 1)
-    if state is None and run is not None and run.has(SNAPSHOT.format(undone - 1)):
-        state = torch.load(run.file(SNAPSHOT.format(undone - 1)), map_location="cpu", weights_only=False)
-    if state is None:
-        raise LqfError("the saved rounds of this prune run are missing; run it again without --resume")
-    model.load_state_dict(state["model"])
-    masks.load_state_dict(state["masks"])
+    _load_state(model, masks, snapshots.get(undone - 1), run, SNAPSHOT.format(undone - 1), "saved rounds")
     say(
         f"no model within {options.epsilon:g} points of validation drop: undoing round {undone} "
         f"(back to {masks.counts().rate:.2f}x) and fine-tuning {options.final_epochs} epoch(s)"
@@ -585,10 +594,7 @@ def _keep_if_best(model, masks, val, step, options, history, run, kept, round_in
     )
     if drop > options.epsilon + 1e-9 or beaten:
         return
-    kept["state"] = {
-        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "masks": {k: v.cpu().clone() for k, v in masks.state_dict().items()},
-    }
+    kept["state"] = _state(model, masks)
     kept["step"] = step
     if run is not None:
         atomic_write(run.file(BEST), lambda tmp: torch.save(kept["state"], tmp))
@@ -605,12 +611,7 @@ def _restore_best(model, masks, history, run, last, say, kept, epsilon: float) -
     if best["step"] == last:
         return
     state = kept.get("state") if kept.get("step") == best["step"] else None
-    if state is None and run is not None and run.has(BEST):
-        state = torch.load(run.file(BEST), map_location="cpu", weights_only=False)
-    if state is None:
-        raise LqfError("the kept model of this prune run is missing; run it again without --resume")
-    model.load_state_dict(state["model"])
-    masks.load_state_dict(state["masks"])
+    _load_state(model, masks, state, run, BEST, "kept model")
     say(
         f"kept the model after step {best['step'] + 1}: compression {best['compression']:.2f}x, "
         f"val drop {best['drop']:+.2f} points (the final one was less compressed or over the target)"
