@@ -75,6 +75,8 @@ BUDGET8 = [*ROUNDS8, *TUNE_LR]
 #: the defaults since: fine-tuning phases at 1e-3 (the --tune-lr default), and 150 more validation
 #: images per class (2,000 in all; the training images unchanged) for every decision
 LARGEVAL8 = [*ROUNDS8, "--extra-val", "150"]
+#: 450 more validation images per class (5,000 in all), for fashion-mnist's large training pool
+VAL5K8 = [*ROUNDS8, "--extra-val", "450"]
 #: the threshold space, drops measured from the current model (round drop chosen on validation,
 #: fashion-mnist seed 0: benchmarks/results/pruning_budget.md)
 THRESHOLD_SEARCH = ["--target-drop", "1", "--space", "threshold", "--round-reference", "current"]
@@ -111,7 +113,12 @@ SETTINGS = {
     # the chosen round drop of each data set with --back-off (the default): a run with no model
     # within the target undoes its rounds from the last until one is
     **{f"backoff-drop{d}": (LARGEVAL8, [*THRESHOLD_SEARCH, "--round-drop", d]) for d in BACK_OFF_DROPS},
+    # backoff-drop5 with 5,000 validation images (450 more per class): does a larger validation set
+    # shrink the gap between bo's validation and test drops?
+    "val5k-backoff-drop5": (VAL5K8, [*THRESHOLD_SEARCH, "--round-drop", "5"]),
 }
+#: settings shown in a summary of their own when they have runs
+EXTRA_SUMMARIES = ("val5k-backoff-drop5",)
 #: the `largeval` search at these round drops, each run on seed 0 of each data set; the one that keeps
 #: the most compression within 1 point of validation accuracy is that data set's setting
 ROUND_DROPS = {"3": "largeval", **{d: f"largeval-drop{d}" for d in LARGER_DROPS}}
@@ -141,7 +148,10 @@ Drops are in accuracy points against the unpruned fine-tuned model. The uniform 
 baselines are pruned once, at bo's compression (`@1`) and at 0.7 times it (`@0.7`); random is
 bo's loop with random search. The default command chooses the round drop of bo and random per
 data set on validation (seed 0, next section) and runs every method with it on every seed; the
-`largeval` setting is the same search at round drop 3."""
+`largeval` setting is the same search at round drop 3. The `val5k-backoff-drop5` setting
+(fashion-mnist) is `backoff-drop5` with 5,000 validation images (`--extra-val 450`) for every
+decision and validation drop, run for bo and global pruning only (`--baselines global
+--no-random`)."""
 
 
 def lqf(args: list[str], lock: str | None) -> None:
@@ -233,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         default=["uniform", "global"],
         choices=["uniform", "global"],
         help="the one-shot baselines to run at the new --levels (finished runs are reported anyway)",
+    )
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["uniform", "global"],
+        choices=["uniform", "global"],
+        help="the one-shot baselines to run at all (none: bo alone; finished runs are reported anyway)",
     )
     parser.add_argument("--cached", action="store_true", help="report finished runs only, run nothing")
     parser.add_argument("--no-random", action="store_true", help="skip the random-search baseline")
@@ -389,6 +406,7 @@ def prune_all(data: str, seed: int, setting: str, source: str, args: argparse.Na
             flags = ["--strategy", strategy, "--target-compression", rate, *common]
             # a level beyond LEVELS runs only for the --one-shot strategies; the others report a finished run
             only_report = strategy not in args.one_shot and level not in LEVELS
+            only_report = only_report or strategy not in args.baselines
             runs[f"{strategy}@{level:g}"] = run(
                 f"{strategy}-{rate}x", flags, cached=args.cached or only_report
             )
@@ -477,6 +495,8 @@ def write(results: list[dict], args: argparse.Namespace, seconds: float) -> None
                 "",
             ]
         lines += summary([e for e in results if e["data"] == data], setting)
+    for setting in EXTRA_SUMMARIES:
+        lines += summary(results, setting)
     lines += ["# Every run", ""]
     for entry in results:
         ft = entry["finetune"]
