@@ -88,6 +88,8 @@ SEARCH8 = [*THRESHOLD_SEARCH, "--round-drop", "3", *NO_BACK_OFF]
 #: 2,000); the threshold setting tests on the whole test split
 MAX_TEST = ["--max-test", "2000"]
 LEVELS = (1.0, 0.7)
+#: the one-shot baselines, pruned once to a compression matched to bo's
+ONE_SHOT = ("uniform", "global")
 #: the round drops beyond 3 that the `largeval` search is run at to choose one per data set
 LARGER_DROPS = ("4", "5", "6", "10", "15")
 #: the round drops chosen without back-off (fashion-mnist 5, animal-mnist 10), run with it
@@ -240,15 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--one-shot",
         nargs="+",
-        default=["uniform", "global"],
-        choices=["uniform", "global"],
+        default=list(ONE_SHOT),
+        choices=ONE_SHOT,
         help="the one-shot baselines to run at the new --levels (finished runs are reported anyway)",
     )
     parser.add_argument(
         "--baselines",
         nargs="*",
-        default=["uniform", "global"],
-        choices=["uniform", "global"],
+        default=list(ONE_SHOT),
+        choices=ONE_SHOT,
         help="the one-shot baselines to run at all (none: bo alone; finished runs are reported anyway)",
     )
     parser.add_argument("--cached", action="store_true", help="report finished runs only, run nothing")
@@ -400,13 +402,14 @@ def prune_all(data: str, seed: int, setting: str, source: str, args: argparse.Na
     if runs["bo"] is None:
         return None
     matched = runs["bo"]["compression"]
-    for strategy in ("uniform", "global"):
+    for strategy in ONE_SHOT:
         for level in args.levels:
             rate = f"{level * matched:.3f}"
             flags = ["--strategy", strategy, "--target-compression", rate, *common]
-            # a level beyond LEVELS runs only for the --one-shot strategies; the others report a finished run
-            only_report = strategy not in args.one_shot and level not in LEVELS
-            only_report = only_report or strategy not in args.baselines
+            # runs for --baselines only, a level beyond LEVELS for --one-shot only; else reports finished runs
+            only_report = strategy not in args.baselines or (
+                strategy not in args.one_shot and level not in LEVELS
+            )
             runs[f"{strategy}@{level:g}"] = run(
                 f"{strategy}-{rate}x", flags, cached=args.cached or only_report
             )
