@@ -273,6 +273,8 @@ def test_one_shot_baselines_reach_the_target_compression(tmp_path: Path, strateg
         (["--strategy", "uniform"], ["needs --target-compression"]),
         (["--round-drop", "-0.5"], ["--round-drop must be >= 0", "-0.5"]),
         (["--back-off", "-1"], ["--back-off must be >= 0", "-1"]),
+        (["--select-val", "-1"], ["--select-val must be >= 0", "-1"]),
+        (["--select-val", "1"], ["--select-val 1 leaves no validation image of class", "--extra-val"]),
         (["--max-step", "1"], ["--max-step must be a number > 1", "got 1.0"]),
         (["--space", "cube"], ["--space", "invalid choice", "'cube'"]),
         (["--exclude", "features.9"], ["'features.9'", "not a prunable layer", "features.0"]),
@@ -619,3 +621,65 @@ def test_continuous_schedule_is_one_cosine_over_all_phases() -> None:
     assert len(seen) == total == 12
     expected = [0.1 * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)]
     assert seen == pytest.approx(expected, abs=1e-15)
+
+
+# -- a held-out part of the validation split judges the candidates ------------------------------------
+def test_held_out_split_takes_the_last_images_of_every_class(tmp_path) -> None:
+    from lqf.pruning.finepruning import held_out
+
+    _, data, _ = _tiny_setup(tmp_path)
+    search, select = held_out(data.val, 1)
+    labels = data.val.labels
+    assert torch.equal(torch.bincount(select.labels, minlength=3), torch.ones(3, dtype=torch.int64))
+    assert len(search) + len(select) == len(data.val)
+    last = [int(torch.nonzero(labels == c).flatten()[-1]) for c in range(3)]
+    assert torch.equal(select.images, data.val.images[sorted(last)])
+    rest = [i for i in range(len(labels)) if i not in last]
+    assert torch.equal(search.images, data.val.images[rest]) and torch.equal(search.labels, labels[rest])
+    assert held_out(data.val, 0) == (data.val, None)
+    with pytest.raises(LqfError, match="--select-val 3 leaves no validation image"):
+        held_out(data.val, 3)  # 3 per class: none would be left for the search
+
+
+def test_held_out_images_alone_judge_the_candidates(tmp_path, monkeypatch) -> None:
+    import lqf.training
+    from lqf.pruning import finepruning
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    _, select = finepruning.held_out(data.val, 1)
+    seen: list[dict] = []
+    # on the search images every candidate is within the target ...
+    _scripted_tune(monkeypatch, [0.0, 0.0, 0.0, 0.0], seen)
+    tuned_on: list[int] = []
+    original_tune = finepruning._tune
+
+    def tune(model, masks, data, *args, **kw):
+        tuned_on.append(len(data.val))
+        return original_tune(model, masks, data, *args, **kw)
+
+    monkeypatch.setattr(finepruning, "_tune", tune)
+    # ... on the held-out ones (the reference, then the four candidates) only round 1's is
+    scripted = iter([0.9, 0.895, 0.87, 0.88, 0.86])
+    judged: list[float] = []
+    original_evaluate = lqf.training.evaluate
+
+    def evaluate(model, images, **kw):
+        out = original_evaluate(model, images, **kw)
+        if torch.equal(images.images, select.images) and len(judged) < 5:
+            judged.append(next(scripted))
+            return {**out, "accuracy": judged[-1]}
+        return out
+
+    monkeypatch.setattr(lqf.training, "evaluate", evaluate)
+    result = finepruning.prune(make_model(), data, config, _three_rounds(back_off=0, select_val=1), quiet=True)
+    assert judged == [0.9, 0.895, 0.87, 0.88, 0.86]
+    assert tuned_on == [6, 6, 6, 6]  # fine-tuning logs the search images only
+    assert result.history["reference"]["n_val_subset"] == 6  # and the trials evaluate on them
+    assert [c["val_accuracy"] for c in result.history["candidates"]] == judged[1:]
+    assert result.metrics["kept_step"] == seen[0]["step"]
+    assert result.history["best"]["drop"] == pytest.approx(0.5, abs=1e-6)
+    assert _same_state(result.model.state_dict(), seen[0]["state"])
+    m = result.metrics
+    assert (m["n_select"], m["reference_select_accuracy"]) == (3, 0.9)
+    assert m["select_accuracy"] == original_evaluate(result.model, select, batch_size=256)["accuracy"]
+    assert m["select_drop_points"] == pytest.approx(100 * (0.9 - m["select_accuracy"]))

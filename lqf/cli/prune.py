@@ -202,6 +202,12 @@ def print_summary(m: dict, out: str, say) -> None:
         f"  file size      {mib(m['packed_file_bytes'])} packed vs {mib(m['dense_file_bytes'])} dense "
         f"({m['file_size_ratio']:.2f}x smaller)",
     ]
+    if m.get("n_select"):
+        lines.append(
+            f"  held out       {100 * m['select_accuracy']:.2f}% on the {m['n_select']:,} validation images "
+            f"held out for the final choice (unpruned {100 * m['reference_select_accuracy']:.2f}%, "
+            f"drop {m['select_drop_points']:+.2f})"
+        )
     if m["trials"]:
         lines.append(
             f"  search         {m['trials']} trials: {m['search_eval_seconds']:.0f} s evaluating, "

@@ -34,6 +34,13 @@ undoes the rounds from the last: the model as it was before that round pruned
 (each undone round costs ``--final-epochs`` more; the first round is never
 undone). The final drop on test is measured and reported, not guaranteed.
 
+The candidates are few, but the search chose each one's rates among many
+trials on the same validation images, so its validation drop tends to
+understate the drop on new images. ``--select-val N`` holds the last ``N``
+validation images of every class out of the search and its fine-tuning logs:
+only they judge the candidates (keep-best, back-off), and their drop is
+reported as the held-out drop.
+
 What theta is depends on ``--space``. ``threshold`` (the default): one global
 magnitude threshold, set by how much more compression it would add, times one
 factor per group; pruned weights (0) stay pruned, so compression only grows
@@ -113,6 +120,28 @@ def validation_subset(data, size: int | None):
 
     idx = stratified_subsample(data.val.labels.numpy(), torch.arange(len(data.val)).numpy(), size)
     return data.val.subset(idx)
+
+
+def held_out(val, per_class: int):
+    """Split ``val`` into ``(search, select)``: the last ``per_class`` images of every class
+    (in the split's order) form ``select``, the rest ``search``; ``(val, None)`` if ``per_class`` is 0.
+
+    Raises:
+        LqfError: when a class would have no image left for the search.
+    """
+    if per_class <= 0:
+        return val, None
+    labels = val.labels
+    chosen = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(len(val.classes)):
+        where = torch.nonzero(labels == c).flatten()
+        if len(where) <= per_class:
+            raise LqfError(
+                f"--select-val {per_class} leaves no validation image of class {val.classes[c]!r} for "
+                f"the search (it has {len(where)}): use a smaller --select-val or a larger --extra-val"
+            )
+        chosen[where[-per_class:]] = True
+    return val.subset(~chosen), val.subset(chosen)
 
 
 class MaskedAccuracy:
@@ -231,10 +260,22 @@ def prune(
     )
     groups = groups_of(layers)
     masks = MaskSet(layers)
-    subset = validation_subset(data, options.val_subset)
-    eval_batch = max(256, config.batch_size)
-    if len(subset) == 0:
+    if len(data.val) == 0:
         raise LqfError("the validation split is empty; pruning chooses rates on it: use --val-per-class >= 1")
+    # the search, its fine-tuning logs and the trials see `tuning.val`; the candidates are judged
+    # on `select` when part of the validation split is held out for that (--select-val)
+    search_val, select = held_out(data.val, options.select_val)
+    tuning = dataclasses.replace(data, val=search_val) if select is not None else data
+    subset = validation_subset(tuning, options.val_subset)
+    eval_batch = max(256, config.batch_size)
+
+    def judge(model: nn.Module, val: float | None = None) -> float:
+        """The accuracy the candidates are judged by (``val``: the search split's, when it is that)."""
+        if select is None and val is not None:
+            return val
+        return evaluate(model, data.val if select is None else select, batch_size=eval_batch, device=device)[
+            "accuracy"
+        ]
 
     history = _load_history(run) if resume else None
     state = run.load_checkpoint() if (resume and run is not None) else None
@@ -257,6 +298,9 @@ def prune(
             "rounds": [],
             "steps": [],
         }
+        if select is not None:
+            history["reference"]["select_accuracy"] = judge(model)
+            history["reference"]["n_select"] = len(select)
         _save_history(run, history)
         state = None
     ref = history["reference"]
@@ -266,7 +310,13 @@ def prune(
     say(
         f"reference (unpruned): val {100 * ref['val_accuracy']:.2f}%, "
         f"val subset {100 * ref['val_subset_accuracy']:.2f}% ({ref['n_val_subset']} images), "
-        f"test {100 * ref['test_accuracy']:.2f}%; objective: {objective.describe()}"
+        f"test {100 * ref['test_accuracy']:.2f}%"
+        + (
+            f", held out for the final choice {100 * ref['select_accuracy']:.2f}% ({ref['n_select']} images)"
+            if select is not None
+            else ""
+        )
+        + f"; objective: {objective.describe()}"
     )
     first = 0
     if state is not None:
@@ -303,9 +353,9 @@ def prune(
         elif kind == "prune":
             _prune_once(layers, masks, options, history, say)
         elif arg > 0:
-            val = _tune(model, masks, data, config, options, arg, index, run, quiet, history, say)
+            val = _tune(model, masks, tuning, config, options, arg, index, run, quiet, history, say)
             if keeping:
-                _keep_if_best(model, masks, val, index, options, history, run, kept)
+                _keep_if_best(model, masks, judge(model, val), index, options, history, run, kept)
         if kind == "tune" and options.rounds - undo <= (index + 1) // 2 < options.rounds:
             _save_snapshot(run, snapshots, (index + 1) // 2, model, masks)
         history["steps"] = [s for s in history["steps"] if s["step"] != index]
@@ -316,8 +366,7 @@ def prune(
     if keeping:
         if steps[last][1] == 0:  # no final fine-tuning: the model as the last search left it
             model.eval()
-            val = evaluate(model, data.val, batch_size=eval_batch, device=device)["accuracy"]
-            _keep_if_best(model, masks, val, last, options, history, run, kept)
+            _keep_if_best(model, masks, judge(model), last, options, history, run, kept)
         for k in range(undo):
             if history.get("best") is not None:
                 break
@@ -328,7 +377,8 @@ def prune(
                     last,
                     model,
                     masks,
-                    data,
+                    tuning,
+                    judge,
                     config,
                     options,
                     history,
@@ -340,7 +390,7 @@ def prune(
                 )
         _restore_best(model, masks, history, run, last, say, kept, options.epsilon)
     model.eval()
-    metrics = _finish(model, masks, data, config, options, history, run, eval_batch, quiet)
+    metrics = _finish(model, masks, data, select, config, options, history, run, eval_batch, quiet)
     for r in range(1, options.rounds):  # only a resumed back-off needs them
         if run is not None and run.has(SNAPSHOT.format(r)):
             os.remove(run.file(SNAPSHOT.format(r)))
@@ -496,9 +546,12 @@ def _save_snapshot(run, snapshots: dict[int, dict[str, Any]], r: int, model, mas
         atomic_write(run.file(SNAPSHOT.format(r)), lambda tmp: torch.save(state, tmp))
 
 
-def _back_off(undone, index, model, masks, data, config, options, history, run, snapshots, kept, quiet, say):
+def _back_off(
+    undone, index, model, masks, data, judge, config, options, history, run, snapshots, kept, quiet, say
+):
     """Step ``index``: undo round ``undone`` (restore the state its search started from, i.e. after
-    round ``undone - 1``'s fine-tuning), fine-tune it for ``--final-epochs``, offer it as a candidate."""
+    round ``undone - 1``'s fine-tuning), fine-tune it for ``--final-epochs``, offer it as a candidate
+    (judged by ``judge(model, val)``)."""
     started = time.perf_counter()
     _load_state(model, masks, snapshots.get(undone - 1), run, SNAPSHOT.format(undone - 1), "saved rounds")
     say(
@@ -520,7 +573,7 @@ def _back_off(undone, index, model, masks, data, config, options, history, run, 
         say,
         schedule_index=final,
     )
-    _keep_if_best(model, masks, val, index, options, history, run, kept, round_index=undone - 1)
+    _keep_if_best(model, masks, judge(model, val), index, options, history, run, kept, round_index=undone - 1)
     entry = {**history["candidates"][-1], "round": undone}  # the round undone
     history["back_off"] = [b for b in history.get("back_off", []) if b["step"] != index] + [entry]
     history["steps"] = [s for s in history["steps"] if s["step"] != index]
@@ -572,10 +625,12 @@ def _phase_schedule(opt, steps: int, epochs: int, index: int, options: PruneOpti
 
 
 def _keep_if_best(model, masks, val, step, options, history, run, kept, round_index=None) -> None:
-    """Record the model after ``step`` as a candidate; keep it if it is the most compressed one
-    whose validation drop from the unpruned model is within ``--target-drop`` (at equal
+    """Record the model after ``step`` (``val``: its accuracy on the judging images, the held-out
+    ones of ``--select-val`` or else the validation split) as a candidate; keep it if it is the most
+    compressed one whose drop there from the unpruned model is within ``--target-drop`` (at equal
     compression the more accurate one; on a tie the later, more fine-tuned one)."""
-    drop = 100.0 * (history["reference"]["val_accuracy"] - val)
+    ref = history["reference"]
+    drop = 100.0 * (ref.get("select_accuracy", ref["val_accuracy"]) - val)
     rate = masks.counts().rate
     entry = {
         "step": step,
@@ -618,7 +673,7 @@ def _restore_best(model, masks, history, run, last, say, kept, epsilon: float) -
     )
 
 
-def _finish(model, masks, data, config, options, history, run, eval_batch, quiet) -> dict[str, Any]:
+def _finish(model, masks, data, select, config, options, history, run, eval_batch, quiet) -> dict[str, Any]:
     from lqf.training import evaluate
 
     counts = masks.counts()
@@ -664,7 +719,16 @@ def _finish(model, masks, data, config, options, history, run, eval_batch, quiet
         "n_train": len(data.train),
         "n_val": len(data.val),
         "n_test": len(data.test),
+        "n_select": 0,
     }
+    if select is not None:  # the held-out images the candidates were judged on (part of val)
+        held = evaluate(model, select, batch_size=eval_batch, device=config.device)["accuracy"]
+        metrics |= {
+            "n_select": len(select),
+            "reference_select_accuracy": ref["select_accuracy"],
+            "select_accuracy": held,
+            "select_drop_points": 100 * (ref["select_accuracy"] - held),
+        }
     if run is not None:
         from lqf.runs.fit import model_info
 

@@ -97,6 +97,12 @@ class PruneOptions:
         "more validation images per class for every pruning decision and report, taken from the "
         "training pool after the fine-tuned run's own images (the same train set; needs --shots)",
     )
+    select_val: int = option(
+        0,
+        "validation images per class held out from the search: only they judge the fine-tuned "
+        "candidates (--keep-best, --back-off) and give the held-out drop, so the final choice is "
+        "not made on the images the search chose its rates on (0: all validation images do both)",
+    )
     tune_lr: float = option(1e-3, "AdamW learning rate of the fine-tuning phases (cosine per phase)")
     tune_weight_decay: float = option(0.01, "AdamW weight decay of the fine-tuning phases")
     tune_schedule: str = option(
@@ -152,6 +158,7 @@ class PruneOptions:
                 f"--group-factor must be a number >= 1, got {self.group_factor}",
             ),
             (self.extra_val < 0, f"--extra-val must be >= 0, got {self.extra_val}"),
+            (self.select_val < 0, f"--select-val must be >= 0, got {self.select_val}"),
             (
                 self.val_subset is not None and self.val_subset < 1,
                 f"--val-subset must be >= 1, got {self.val_subset}",
