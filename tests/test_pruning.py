@@ -671,7 +671,8 @@ def test_held_out_images_alone_judge_the_candidates(tmp_path, monkeypatch) -> No
         return out
 
     monkeypatch.setattr(lqf.training, "evaluate", evaluate)
-    result = finepruning.prune(make_model(), data, config, _three_rounds(back_off=0, select_val=1), quiet=True)
+    options = _three_rounds(back_off=0, select_val=1)
+    result = finepruning.prune(make_model(), data, config, options, quiet=True)
     assert judged == [0.9, 0.895, 0.87, 0.88, 0.86]
     assert tuned_on == [6, 6, 6, 6]  # fine-tuning logs the search images only
     assert result.history["reference"]["n_val_subset"] == 6  # and the trials evaluate on them
