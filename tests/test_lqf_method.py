@@ -140,3 +140,37 @@ def test_lqf_with_a_fixed_head_linearizes_scale_and_bias_not_the_matrix(tiny_mod
     x = torch.rand(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(model(x), result.model(x), atol=1e-5)
+
+
+def test_relinearize_takes_ridge_steps_from_the_last_solution(tiny_model_spec) -> None:
+    """Head only, linear head: ``f`` is linear in the head, so each solve is one ridge step from the
+    last solution, ``(Phi^T Phi / N + lam I) d_k = Phi^T (T - Phi theta_k) / N`` with ``Phi`` the
+    features and a ones column; checked against a dense float64 solve (relative 1e-4)."""
+    from lqf.data import load_data
+
+    config = _config(tiny_model_spec)
+    one = fit(config, LQFOptions(solver="kernel", linearize="head", lqf_ridge=0.1), quiet=True)
+    two = fit(config, LQFOptions(solver="kernel", linearize="head", lqf_ridge=0.1, relinearize=1), quiet=True)
+    first = one.model.linear.nonlinear_weights()
+    a, b = two.model.linear, one.model.linear
+    assert [n for n in a.names] == [n for n in b.names] and len(a.names) == 2
+    for w, name in zip(a.w0, a.names, strict=True):  # the second solve starts where the first ended
+        torch.testing.assert_close(w, first[name], rtol=1e-5, atol=1e-6)
+    assert [s["ridge_relative"] for s in two.metrics["relinearize_steps"]] == [0.1, 0.1]
+    assert two.metrics["ridge_scale"] == one.metrics["ridge_scale"]  # J does not depend on the head
+    data = load_data(config.data, image_size=16, shots=6, val_per_class=4, seed=config.seed, max_test=60)
+    x = torch.cat([xb for xb, _ in data.train.batches(64)])
+    phi = torch.cat([two.model.features_in(x), torch.ones(len(x), 1)], 1).double()
+    n, c = len(x), two.model.num_classes
+    targets = torch.nn.functional.one_hot(data.train.labels, c).double()
+    names = dict(zip(a.names, a.w0, strict=True))
+    weight = next(k for k in names if k.endswith("weight"))
+    bias = next(k for k in names if k.endswith("bias"))
+    theta = torch.cat([names[weight].T, names[bias][None]], 0).double()  # (d + 1, C)
+    lam = two.metrics["ridge_scale"] * 0.1
+    hessian = phi.T @ phi / n + lam * torch.eye(phi.shape[1], dtype=torch.float64)
+    step = torch.linalg.solve(hessian, phi.T @ (targets - phi @ theta) / n)
+    delta = dict(zip(a.names, a.delta, strict=True))
+    got = torch.cat([delta[weight].T, delta[bias][None]], 0).double()
+    assert step.abs().max() > 1e-4  # a real step: the ridge held the first solve back
+    torch.testing.assert_close(got, step, rtol=1e-4, atol=1e-4 * step.abs().max().item())

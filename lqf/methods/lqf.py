@@ -103,6 +103,11 @@ class LQFOptions:
         "linear", "predict with f_lin (linear) or the network at w0 + dw", choices=PREDICT_MODES
     )
     kernel_memory_mb: float = option(4096.0, "kernel: memory budget for the Jacobian")
+    relinearize: int = option(
+        0,
+        "solve again this many times, each around the last solution (w0 <- w0 + dw, dw <- 0): "
+        "Gauss-Newton steps, each with its own ridge; the result is no longer one convex problem",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.leaky_slope < 1:
@@ -115,6 +120,8 @@ class LQFOptions:
             raise LqfError(f"--lqf-ridge must be >= 0, got {self.lqf_ridge}")
         if self.lqf_loss == "ce" and self.solver in ("kernel", "cg"):
             raise LqfError("--lqf-loss ce is not quadratic: use it with --solver sgd")
+        if self.relinearize < 0:
+            raise LqfError(f"--relinearize must be >= 0, got {self.relinearize}")
         if self.damping < 0 or self.tol <= 0 or self.max_iter < 1 or self.lqf_lr <= 0:
             raise LqfError("--damping must be >= 0, --tol, --lqf-lr > 0 and --max-iter >= 1")
 
@@ -137,6 +144,16 @@ def select_linearized(model: TransferModel, spec: str) -> list[str]:
     if not chosen:
         raise LqfError(f"--linearize {spec!r} matches no parameter; names look like {params[-1]!r}")
     return chosen
+
+
+@torch.no_grad()
+def relinearize(lin: LinearizedModel) -> None:
+    """Move the linearization point to the current solution: ``w0 <- w0 + delta``, ``delta <- 0``
+    (the model's function is unchanged when it is linear in ``w``, otherwise ``f_lin`` becomes
+    ``f(w0 + delta)`` plus its new tangent)."""
+    for w, d in zip(lin.w0, lin.delta, strict=True):
+        w.add_(d)
+        d.zero_()
 
 
 def fit_probe_head(
@@ -254,13 +271,22 @@ class LQF(Method):
             needed = rows * lin.num_linearized() * 4 / 2**20
             solver = "kernel" if rows <= 6000 and needed <= o.kernel_memory_mb else "cg"
         ctx.extra["solver"] = solver
-        if solver == "sgd":
-            from lqf.solvers.minibatch import fit_minibatch
+        steps = []
+        for step in range(1 + o.relinearize):
+            if step:
+                relinearize(lin)
+            if solver == "sgd":
+                from lqf.solvers.minibatch import fit_minibatch
 
-            fit_minibatch(lqf_model, data, ctx, o, xtr)
-        else:
-            problem = QuadraticProblem(lin, xtr, targets, 0.0, batch_size=128)
-            self._solve_exact(problem, solver, xva, data.val.labels if has_val else None, ctx)
+                fit_minibatch(lqf_model, data, ctx, o, xtr)
+            else:
+                problem = QuadraticProblem(lin, xtr, targets, 0.0, batch_size=128)
+                self._solve_exact(problem, solver, xva, data.val.labels if has_val else None, ctx, step + 1)
+            if o.relinearize:
+                val = accuracy(_predict(lin, xva, tuple(lin.delta)), data.val.labels) if has_val else None
+                steps.append({"ridge_relative": ctx.extra.get("ridge_relative"), "val_accuracy": val})
+        if steps:
+            ctx.extra["relinearize_steps"] = steps
         ctx.extra["solve_seconds"] = time.perf_counter() - start
         return lqf_model
 
@@ -276,7 +302,9 @@ class LQF(Method):
         prefix, suffix = split if split is not None else (None, None)
         return LQFModel(model, names, prefix, suffix, predict=spec.get("predict", "linear"), spec=spec)
 
-    def _solve_exact(self, problem: QuadraticProblem, solver: str, xva, yva, ctx: FitContext) -> None:
+    def _solve_exact(
+        self, problem: QuadraticProblem, solver: str, xva, yva, ctx: FitContext, epoch: int = 1
+    ) -> None:
         o: LQFOptions = self.options
         lin = problem.model
         n = problem.n
@@ -331,4 +359,4 @@ class LQF(Method):
         ctx.extra["ridge_relative"] = r
         ctx.extra["ridge_grid"] = records
         chosen = next(rec for rec in records if rec["ridge_relative"] == r)
-        ctx.log({"epoch": 1, **{k: v for k, v in chosen.items() if k != "ridge_relative"}})
+        ctx.log({"epoch": epoch, **{k: v for k, v in chosen.items() if k != "ridge_relative"}})
