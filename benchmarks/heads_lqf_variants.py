@@ -142,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"- {head}, {variant} minus {BASE}: {paired(rows[head][variant], rows[head][BASE])}"
                 f"; validation: {paired(rows[head][f'{variant} val'], rows[head][f'{BASE} val'])}"
             )
+    # each head's variant chosen on validation (mean over the seeds; a tie keeps the earlier one)
+    chosen = {h: max(shown, key=lambda v, h=h: statistics.fmean(rows[h][f"{v} val"])) for h in HEADS}
+    lines.append(
+        "- chosen on validation per head: "
+        + ", ".join(f"{h} {v}" for h, v in chosen.items())
+        + "; fixed-orthogonal minus linear: "
+        + paired(fixed[chosen["fixed-orthogonal"]], learned[chosen["linear"]])
+    )
     for head in HEADS:
         per_solve = rows[head].get("relinearize-1 val per solve")
         if per_solve:
