@@ -279,12 +279,20 @@ class LQF(Method):
                 from lqf.solvers.minibatch import fit_minibatch
 
                 fit_minibatch(lqf_model, data, ctx, o, xtr)
+                chosen = None
             else:
                 problem = QuadraticProblem(lin, xtr, targets, 0.0, batch_size=128)
-                self._solve_exact(problem, solver, xva, data.val.labels if has_val else None, ctx, step + 1)
+                yva = data.val.labels if has_val else None
+                chosen = self._solve_exact(problem, solver, xva, yva, ctx, step + 1)
             if o.relinearize:
-                val = accuracy(_predict(lin, xva, tuple(lin.delta)), data.val.labels) if has_val else None
-                steps.append({"ridge_relative": ctx.extra.get("ridge_relative"), "val_accuracy": val})
+                if not has_val:
+                    val = None
+                elif chosen is None:  # sgd: no ridge grid, so no validation accuracy yet
+                    val = accuracy(_predict(lin, xva, tuple(lin.delta)), data.val.labels)
+                else:
+                    val = chosen["val_accuracy"]
+                ridge = None if chosen is None else chosen["ridge_relative"]  # sgd: no grid
+                steps.append({"ridge_relative": ridge, "val_accuracy": val})
         if steps:
             ctx.extra["relinearize_steps"] = steps
         ctx.extra["solve_seconds"] = time.perf_counter() - start
@@ -304,7 +312,9 @@ class LQF(Method):
 
     def _solve_exact(
         self, problem: QuadraticProblem, solver: str, xva, yva, ctx: FitContext, epoch: int = 1
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Solve ``problem`` at every ridge of the grid, keep the best on validation in ``delta``;
+        returns the chosen ridge's record (``ridge_relative``, ``val_accuracy``, ...)."""
         o: LQFOptions = self.options
         lin = problem.model
         n = problem.n
@@ -360,3 +370,4 @@ class LQF(Method):
         ctx.extra["ridge_grid"] = records
         chosen = next(rec for rec in records if rec["ridge_relative"] == r)
         ctx.log({"epoch": epoch, **{k: v for k, v in chosen.items() if k != "ridge_relative"}})
+        return chosen
