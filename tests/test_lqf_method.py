@@ -101,6 +101,8 @@ def test_bad_lqf_options_give_one_line(tiny_model_spec, tmp_path, capsys) -> Non
     assert_one_line_error(code, err, "--solver sgd")
     code, _, err = run_cli([*base, "--linearize", "nope.*", "--out", tmp_path / "x"], capsys)
     assert_one_line_error(code, err, "matches no parameter")
+    code, _, err = run_cli([*base, "--relinearize", "-1"], capsys)
+    assert_one_line_error(code, err, "--relinearize must be >= 0")
 
 
 def test_repair_reduces_the_distillation_loss() -> None:
