@@ -276,6 +276,8 @@ def test_one_shot_baselines_reach_the_target_compression(tmp_path: Path, strateg
         (["--select-val", "-1"], ["--select-val must be >= 0", "-1"]),
         (["--select-val", "1"], ["--select-val 1 leaves no validation image of class", "--extra-val"]),
         (["--max-step", "1"], ["--max-step must be a number > 1", "got 1.0"]),
+        (["--distill", "1.5"], ["--distill must be a weight in [0, 1]", "1.5"]),
+        (["--distill", "0.5", "--distill-temperature", "0"], ["--distill-temperature must be a positive"]),
         (["--space", "cube"], ["--space", "invalid choice", "'cube'"]),
         (["--exclude", "features.9"], ["'features.9'", "not a prunable layer", "features.0"]),
     ],

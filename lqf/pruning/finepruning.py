@@ -61,6 +61,7 @@ at most the step it was in, and no finished trial.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -318,6 +319,8 @@ def prune(
         )
         + f"; objective: {objective.describe()}"
     )
+    # the teacher of --distill: the unpruned model, copied before a resumed run loads its pruned state
+    teacher = copy.deepcopy(model).eval() if options.distill > 0 else None
     first = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -353,7 +356,9 @@ def prune(
         elif kind == "prune":
             _prune_once(layers, masks, options, history, say)
         elif arg > 0:
-            val = _tune(model, masks, tuning, config, options, arg, index, run, quiet, history, say)
+            val = _tune(
+                model, masks, tuning, config, options, arg, index, run, quiet, history, say, teacher=teacher
+            )
             if keeping:
                 _keep_if_best(model, masks, judge(model, val), index, options, history, run, kept)
         if kind == "tune" and options.rounds - undo <= (index + 1) // 2 < options.rounds:
@@ -387,6 +392,7 @@ def prune(
                     kept,
                     quiet,
                     say,
+                    teacher=teacher,
                 )
         _restore_best(model, masks, history, run, last, say, kept, options.epsilon)
     model.eval()
@@ -547,7 +553,21 @@ def _save_snapshot(run, snapshots: dict[int, dict[str, Any]], r: int, model, mas
 
 
 def _back_off(
-    undone, index, model, masks, data, judge, config, options, history, run, snapshots, kept, quiet, say
+    undone,
+    index,
+    model,
+    masks,
+    data,
+    judge,
+    config,
+    options,
+    history,
+    run,
+    snapshots,
+    kept,
+    quiet,
+    say,
+    teacher=None,
 ):
     """Step ``index``: undo round ``undone`` (restore the state its search started from, i.e. after
     round ``undone - 1``'s fine-tuning), fine-tune it for ``--final-epochs``, offer it as a candidate
@@ -572,6 +592,7 @@ def _back_off(
         history,
         say,
         schedule_index=final,
+        teacher=teacher,
     )
     _keep_if_best(model, masks, judge(model, val), index, options, history, run, kept, round_index=undone - 1)
     entry = {**history["candidates"][-1], "round": undone}  # the round undone
@@ -583,9 +604,27 @@ def _back_off(
         run.save_checkpoint({"step": index, "model": model.state_dict(), "masks": masks.state_dict()})
 
 
-def _tune(model, masks, data, config, options, epochs, index, run, quiet, history, say, schedule_index=None):
+def _tune(
+    model,
+    masks,
+    data,
+    config,
+    options,
+    epochs,
+    index,
+    run,
+    quiet,
+    history,
+    say,
+    schedule_index=None,
+    *,
+    teacher,
+):
+    """Fine-tune the masked model for ``epochs`` (cross-entropy, or distilled from ``teacher``, the
+    unpruned model, with ``--distill``); returns the last epoch's validation accuracy."""
     from lqf.methods.base import FitContext
     from lqf.training import train_epochs
+    from lqf.training.distill import distilling
 
     for p in model.parameters():
         p.requires_grad_(True)
@@ -599,7 +638,15 @@ def _tune(model, masks, data, config, options, epochs, index, run, quiet, histor
     torch.manual_seed(phase.seed)  # dropout: the same in a resumed run
     handle = masks.attach(opt)
     try:
-        train_epochs(model, data, ctx, optimizer=opt, scheduler=scheduler, desc=f"tune (step {index + 1})")
+        loss, target = (
+            (nn.functional.cross_entropy, None)
+            if teacher is None
+            else distilling(teacher, options.distill, options.distill_temperature)
+        )
+        desc = f"tune (step {index + 1})"
+        train_epochs(
+            model, data, ctx, optimizer=opt, scheduler=scheduler, loss_fn=loss, target_fn=target, desc=desc
+        )
     finally:
         handle.remove()
     for record in ctx.history:

@@ -111,6 +111,13 @@ class PruneOptions:
         "continuous (one cosine over all phases; each phase goes on where the previous one stopped)",
         choices=SCHEDULES,
     )
+    distill: float = option(
+        0.0,
+        "weight alpha in [0, 1] of distillation from the unpruned model in every fine-tuning phase: "
+        "loss (1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || pruned model) at temperature "
+        "--distill-temperature (0: cross-entropy alone)",
+    )
+    distill_temperature: float = option(4.0, "temperature T of --distill")
     half: bool = option(False, "store the compressed checkpoint in float16")
 
     def __post_init__(self) -> None:
@@ -166,6 +173,14 @@ class PruneOptions:
             (
                 self.tune_lr <= 0 or not math.isfinite(self.tune_lr),
                 f"--tune-lr must be a positive number, got {self.tune_lr}",
+            ),
+            (
+                not 0 <= self.distill <= 1,
+                f"--distill must be a weight in [0, 1], got {self.distill}",
+            ),
+            (
+                not self.distill_temperature > 0 or not math.isfinite(self.distill_temperature),
+                f"--distill-temperature must be a positive number, got {self.distill_temperature}",
             ),
             (
                 self.strategy in ("uniform", "global") and self.target_compression is None,

@@ -60,6 +60,7 @@ def train_epochs(
     desc: str = "train",
     divergence: float | None = None,
     lr_flag: str = "--lr",
+    target_fn: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
 ) -> None:
     """Train ``model`` for ``ctx.config.epochs`` epochs, resumable.
 
@@ -78,6 +79,8 @@ def train_epochs(
             batch loss of this call (``None``: only NaN/infinity stop it); for
             convex objectives, where such growth can only mean divergence.
         lr_flag: the learning-rate flag the error messages name.
+        target_fn: turns a batch ``(x, y)`` into ``loss_fn``'s second argument
+            (default: ``y``), e.g. labels and a teacher's logits to distil.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite, or grew past
@@ -99,7 +102,7 @@ def train_epochs(
         for step, (x, y) in enumerate(bar, start=1):
             x, y = x.to(device), y.to(device)
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, y if target_fn is None else target_fn(x, y))
             value = loss.item()
             if not math.isfinite(value):
                 raise _non_finite(ctx, epoch, step, value, lr_flag)
