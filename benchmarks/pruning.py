@@ -129,9 +129,21 @@ SETTINGS = {
         [*VAL5K8, "--select-val", "300", *DISTILL],
         [*THRESHOLD_SEARCH, "--round-drop", "5"],
     ),
+    # the same, and a bo run whose only model within the target is an early round's backs off too
+    # (--back-off-until most-compressed: while the model an undone round goes back to is more
+    # compressed than the kept one)
+    "distill-heldout-undo-drop5": (
+        [*VAL5K8, "--select-val", "300", *DISTILL],
+        [*THRESHOLD_SEARCH, "--round-drop", "5", "--back-off-until", "most-compressed"],
+    ),
 }
 #: settings shown in a summary of their own when they have runs
-EXTRA_SUMMARIES = ("val5k-backoff-drop5", "heldout-backoff-drop5", "distill-heldout-backoff-drop5")
+EXTRA_SUMMARIES = (
+    "val5k-backoff-drop5",
+    "heldout-backoff-drop5",
+    "distill-heldout-backoff-drop5",
+    "distill-heldout-undo-drop5",
+)
 #: the `largeval` search at these round drops, each run on seed 0 of each data set; the one that keeps
 #: the most compression within 1 point of validation accuracy is that data set's setting
 ROUND_DROPS = {"3": "largeval", **{d: f"largeval-drop{d}" for d in LARGER_DROPS}}
@@ -169,7 +181,10 @@ class (3,000) are held out of the search (`--select-val 300`), which sees the ot
 `backoff-drop5`); only the held-out images judge the fine-tuned candidates (keep-best, back-off),
 and its val drop is theirs. The `distill-heldout-backoff-drop5` setting is the same with every
 method's fine-tuning phases distilled from the unpruned model (`--distill 0.5`: half
-cross-entropy, half the KL divergence from the unpruned model's outputs at temperature 4)."""
+cross-entropy, half the KL divergence from the unpruned model's outputs at temperature 4);
+`distill-heldout-undo-drop5` adds `--back-off-until most-compressed` to bo: a run whose only
+candidates within the target come from early rounds still undoes the later rounds while the model
+it goes back to is more compressed than the kept one."""
 
 
 def lqf(args: list[str], lock: str | None) -> None:

@@ -553,6 +553,32 @@ def test_back_off_undoes_rounds_until_a_model_is_within_the_target(tmp_path, mon
     assert not list((tmp_path / "run").glob("round*.pt"))  # the saved rounds go once the run is done
 
 
+@pytest.mark.parametrize(
+    ("until", "drops", "undone", "kept"),
+    [
+        ("within", [0.5, 3.0, 4.0, 5.0, 0.5], [], 0),  # round 1 is within: no back-off
+        ("most-compressed", [0.5, 3.0, 4.0, 5.0, 2.0], [3], 0),  # round 2's model: over; round 1's: no gain
+        ("most-compressed", [0.5, 3.0, 4.0, 5.0, 0.5], [3], 4),  # round 2's model, fine-tuned again: within
+    ],
+)
+def test_back_off_until_most_compressed_goes_past_an_early_model_within(
+    tmp_path, monkeypatch, until, drops, undone, kept
+) -> None:
+    from lqf.pruning import finepruning
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    seen: list[dict] = []
+    _scripted_tune(monkeypatch, drops, seen)
+    result = finepruning.prune(make_model(), data, config, _three_rounds(back_off_until=until), quiet=True)
+    rates = [r["compression"] for r in result.history["rounds"]]
+    assert rates == sorted(set(rates))  # each round adds compression, so each undo goes back to less
+    m = result.metrics
+    assert [b["round"] for b in m["back_off"]] == undone and len(seen) == 4 + len(undone)
+    assert m["kept_step"] == seen[kept]["step"]
+    assert _same_state(result.model.state_dict(), seen[kept]["state"])
+    assert m["compression"] == pytest.approx(seen[kept]["rate"], rel=1e-12)
+
+
 def test_an_interrupted_back_off_resumes_without_repeating_a_finished_one(tmp_path, monkeypatch) -> None:
     from lqf.pruning import finepruning
     from lqf.runs import RunDirectory

@@ -373,7 +373,7 @@ def prune(
             model.eval()
             _keep_if_best(model, masks, judge(model), last, options, history, run, kept)
         for k in range(undo):
-            if history.get("best") is not None:
+            if not _worth_undoing(options.rounds - k, options, history):
                 break
             last = len(steps) + k
             if last >= first:
@@ -550,6 +550,19 @@ def _save_snapshot(run, snapshots: dict[int, dict[str, Any]], r: int, model, mas
         snapshots[r] = state
     else:
         atomic_write(run.file(SNAPSHOT.format(r)), lambda tmp: torch.save(state, tmp))
+
+
+def _worth_undoing(undone: int, options: PruneOptions, history: dict[str, Any]) -> bool:
+    """Whether to undo round ``undone``: while no candidate is within the target, and with
+    ``--back-off-until most-compressed`` also while the model it goes back to (after round
+    ``undone - 1``) is more compressed than the kept candidate."""
+    best = history.get("best")
+    if best is None:
+        return True
+    if options.back_off_until == "within":
+        return False
+    back_to = next(r for r in history["rounds"] if r["round"] == undone - 1)["compression"]
+    return back_to > best["compression"]
 
 
 def _back_off(

@@ -13,6 +13,7 @@ from lqf.pruning.spaces import SPACES
 STRATEGIES = ("bo", "random", "uniform", "global")
 REFERENCES = ("start", "current")
 SCHEDULES = ("phase", "continuous")
+BACK_OFF_UNTIL = ("within", "most-compressed")
 
 
 @dataclass
@@ -55,6 +56,13 @@ class PruneOptions:
         "last round (back to the model its fine-tuning started from) and fine-tune that for "
         "--final-epochs, then the round before, until one is within the target; at most this many "
         "rounds (default: all but the first; 0: never); each costs --final-epochs more",
+    )
+    back_off_until: str = option(
+        "within",
+        "within: back off only while no candidate is within --target-drop; most-compressed: also "
+        "while the model an undone round goes back to is more compressed than the kept candidate "
+        "(an early round's model within the target does not end the back-off)",
+        choices=BACK_OFF_UNTIL,
     )
     rounds: int = option(3, "search rounds, each followed by --round-epochs of fine-tuning (bo, random)")
     trials: int = option(24, "trials per search round (quick evaluations on the validation subset)")
