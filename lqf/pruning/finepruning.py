@@ -587,8 +587,14 @@ def _back_off(
     (judged by ``judge(model, val)``)."""
     started = time.perf_counter()
     _load_state(model, masks, snapshots.get(undone - 1), run, SNAPSHOT.format(undone - 1), "saved rounds")
+    best = history.get("best")
+    why = (
+        f"no model within {options.epsilon:g} points of validation drop"
+        if best is None
+        else f"the model kept within the target is less compressed ({best['compression']:.2f}x)"
+    )
     say(
-        f"no model within {options.epsilon:g} points of validation drop: undoing round {undone} "
+        f"{why}: undoing round {undone} "
         f"(back to {masks.counts().rate:.2f}x) and fine-tuning {options.final_epochs} epoch(s)"
     )
     final = len(plan(options)) - 1  # the same learning-rate schedule as the final phase
