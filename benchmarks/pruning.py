@@ -136,6 +136,11 @@ SETTINGS = {
         [*VAL5K8, "--select-val", "300", *DISTILL],
         [*THRESHOLD_SEARCH, "--round-drop", "5", "--back-off-until", "most-compressed"],
     ),
+    # the same at round drop 3: is the round drop chosen without distillation still the best one?
+    "distill-heldout-undo-drop3": (
+        [*VAL5K8, "--select-val", "300", *DISTILL],
+        [*THRESHOLD_SEARCH, "--round-drop", "3", "--back-off-until", "most-compressed"],
+    ),
 }
 #: settings shown in a summary of their own when they have runs
 EXTRA_SUMMARIES = (
@@ -143,6 +148,7 @@ EXTRA_SUMMARIES = (
     "heldout-backoff-drop5",
     "distill-heldout-backoff-drop5",
     "distill-heldout-undo-drop5",
+    "distill-heldout-undo-drop3",
 )
 #: the `largeval` search at these round drops, each run on seed 0 of each data set; the one that keeps
 #: the most compression within 1 point of validation accuracy is that data set's setting
