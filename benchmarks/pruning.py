@@ -190,7 +190,8 @@ method's fine-tuning phases distilled from the unpruned model (`--distill 0.5`: 
 cross-entropy, half the KL divergence from the unpruned model's outputs at temperature 4);
 `distill-heldout-undo-drop5` adds `--back-off-until most-compressed` to bo: a run whose only
 candidates within the target come from early rounds still undoes the later rounds while the model
-it goes back to is more compressed than the kept one."""
+it goes back to is more compressed than the kept one;
+`distill-heldout-undo-drop3` is the same at round drop 3."""
 
 
 def lqf(args: list[str], lock: str | None) -> None:
