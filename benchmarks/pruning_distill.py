@@ -15,7 +15,7 @@ others are cached under ``benchmarks/runs/pruning/fashion-mnist/distill-alpha/``
 
 Usage::
 
-    python benchmarks/pruning_distill.py [--cached] [--lock FILE]    # about 12 min of CPU per weight
+    python benchmarks/pruning_distill.py [--cached] [--lock FILE]    # about 7 min per run on one core
 """
 
 from __future__ import annotations
