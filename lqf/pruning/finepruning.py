@@ -373,11 +373,13 @@ def prune(
             model.eval()
             _keep_if_best(model, masks, judge(model), last, options, history, run, kept)
         for k in range(undo):
-            if not _worth_undoing(options.rounds - k, options, history):
+            why = _undo_reason(options.rounds - k, options, history)
+            if why is None:
                 break
             last = len(steps) + k
             if last >= first:
                 _back_off(
+                    why,
                     options.rounds - k,
                     last,
                     model,
@@ -552,20 +554,23 @@ def _save_snapshot(run, snapshots: dict[int, dict[str, Any]], r: int, model, mas
         atomic_write(run.file(SNAPSHOT.format(r)), lambda tmp: torch.save(state, tmp))
 
 
-def _worth_undoing(undone: int, options: PruneOptions, history: dict[str, Any]) -> bool:
-    """Whether to undo round ``undone``: while no candidate is within the target, and with
-    ``--back-off-until most-compressed`` also while the model it goes back to (after round
-    ``undone - 1``) is more compressed than the kept candidate."""
+def _undo_reason(undone: int, options: PruneOptions, history: dict[str, Any]) -> str | None:
+    """Why round ``undone`` is undone, or ``None`` to stop backing off: undo while no candidate is
+    within the target, and with ``--back-off-until most-compressed`` also while the model it goes
+    back to (after round ``undone - 1``) is more compressed than the kept candidate."""
     best = history.get("best")
     if best is None:
-        return True
+        return f"no model within {options.epsilon:g} points of validation drop"
     if options.back_off_until == "within":
-        return False
+        return None
     back_to = next(r for r in history["rounds"] if r["round"] == undone - 1)["compression"]
-    return back_to > best["compression"]
+    if back_to <= best["compression"]:
+        return None
+    return f"the model kept within the target is less compressed ({best['compression']:.2f}x)"
 
 
 def _back_off(
+    why,
     undone,
     index,
     model,
@@ -584,15 +589,9 @@ def _back_off(
 ):
     """Step ``index``: undo round ``undone`` (restore the state its search started from, i.e. after
     round ``undone - 1``'s fine-tuning), fine-tune it for ``--final-epochs``, offer it as a candidate
-    (judged by ``judge(model, val)``)."""
+    (judged by ``judge(model, val)``); ``why`` (from ``_undo_reason``) opens the message."""
     started = time.perf_counter()
     _load_state(model, masks, snapshots.get(undone - 1), run, SNAPSHOT.format(undone - 1), "saved rounds")
-    best = history.get("best")
-    why = (
-        f"no model within {options.epsilon:g} points of validation drop"
-        if best is None
-        else f"the model kept within the target is less compressed ({best['compression']:.2f}x)"
-    )
     say(
         f"{why}: undoing round {undone} "
         f"(back to {masks.counts().rate:.2f}x) and fine-tuning {options.final_epochs} epoch(s)"
