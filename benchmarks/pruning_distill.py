@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--strategy", "global", "--target-compression", TARGET, *SETTINGS[BASE][0]]
 
     def run(alpha: str, temperature: str) -> dict | None:
-        if float(alpha) == 0:
+        distilled = float(alpha) > 0
+        if not distilled:
             r = prune(DATA, f"global-{TARGET}x", source, common, args.lock, BASE, args.cached)
         else:
             flags = [*common, "--distill", alpha, "--distill-temperature", temperature]
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             r = prune(DATA, tag, source, flags, args.lock, "distill-alpha", args.cached)
         if r is None:
             return None
-        return {"alpha": float(alpha), "temperature": float(temperature) if float(alpha) else None, **r}
+        return {"alpha": float(alpha), "temperature": float(temperature) if distilled else None, **r}
 
     rows = [r for r in (run(alpha, TEMPERATURE) for alpha in args.alphas) if r is not None]
     chosen = min(rows, key=lambda r: (r["select_drop_points"], r["alpha"])) if rows else None
