@@ -104,10 +104,11 @@ def solvers_one() -> dict:
     from lqf.data import load_data
     from lqf.linearization.chain import split_at
     from lqf.linearization.lqf_model import LQFModel
-    from lqf.methods.lqf import fit_probe_head, hutchinson_trace, select_linearized
+    from lqf.methods.lqf import fit_probe_head, select_linearized
     from lqf.models import build_model
     from lqf.solvers import KernelSolver, QuadraticProblem, conjugate_gradient
     from lqf.solvers.minibatch import PreconditionedOptimizer
+    from lqf.solvers.problem import hutchinson_trace
     from lqf.training.evaluate import apply
 
     torch.manual_seed(0)

@@ -23,9 +23,9 @@ import torch
 from lqf.data import load_data
 from lqf.linearization import LinearizedModel, swap_activations
 from lqf.linearization.chain import split_at
-from lqf.methods.linear_probe import GRID, mean_eigenvalue, ridge_path
 from lqf.models import build_model
 from lqf.solvers.jacobian import jacobian
+from lqf.solvers.ridge import GRID, mean_eigenvalue, ridge_path
 from lqf.training.evaluate import apply
 
 data_spec = sys.argv[1]

@@ -42,10 +42,11 @@ from common import hardware  # noqa: E402
 from lqf.curvature import KFAC  # noqa: E402
 from lqf.data import load_data  # noqa: E402
 from lqf.linearization.lqf_model import LQFModel  # noqa: E402
-from lqf.methods.lqf import _link_input, fit_probe_head, hutchinson_trace, select_linearized  # noqa: E402
+from lqf.methods.lqf import _link_input, fit_probe_head, select_linearized  # noqa: E402
 from lqf.models import build_model  # noqa: E402
 from lqf.solvers import KernelSolver, QuadraticProblem, conjugate_gradient  # noqa: E402
 from lqf.solvers.minibatch import PreconditionedOptimizer  # noqa: E402
+from lqf.solvers.problem import hutchinson_trace  # noqa: E402
 from lqf.training.evaluate import apply  # noqa: E402
 
 TARGET = 1e-3

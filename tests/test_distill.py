@@ -54,8 +54,8 @@ def test_distillation_loss_and_gradient_match_the_closed_form(
 
 
 def _train(make_model, data, config, teacher, alpha: float, plain: bool = False) -> dict:
-    from lqf.methods.base import FitContext
     from lqf.training import train_epochs
+    from lqf.training.context import FitContext
 
     model = make_model()
     torch.manual_seed(0)

@@ -12,9 +12,10 @@ from lqf.config import FitConfig
 from lqf.errors import LqfError
 from lqf.methods import FitContext, get_method, methods
 from lqf.methods.finetune import FinetuneOptions, select_trainable
-from lqf.methods.linear_probe import LinearProbeOptions, logistic, ridge_direct, ridge_path
+from lqf.methods.linear_probe import LinearProbeOptions, logistic
 from lqf.models import build_model
 from lqf.runs.fit import fit
+from lqf.solvers.ridge import ridge_direct, ridge_path
 
 
 @settings(max_examples=25, deadline=None)

@@ -23,9 +23,9 @@ from torch import nn
 from lqf.cli.main import main
 from lqf.errors import LqfError
 from lqf.linearization import LinearizedModel
-from lqf.methods.linear_probe import mean_eigenvalue, ridge_direct
 from lqf.models.transfer import SYMMETRIC, TransferModel
 from lqf.solvers.jacobian import jacobian
+from lqf.solvers.ridge import mean_eigenvalue, ridge_direct
 from lqf.theory import transfer as tr
 
 

@@ -19,62 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from torch import nn
 
 from lqf.errors import LqfError
+from lqf.training.context import FitContext
 
 if TYPE_CHECKING:
-    from lqf.config import FitConfig
     from lqf.data import DataSplits
     from lqf.models import TransferModel
-    from lqf.runs import RunDirectory
-
-
-@dataclass
-class FitContext:
-    """What a method may use besides the model and the data.
-
-    Attributes:
-        config: the shared settings.
-        run: the run directory (``None`` for in-memory use from Python).
-        quiet: no progress bars.
-        resume: continue from the run directory's checkpoint.
-        history: per-epoch records the method logged (filled by ``log``).
-        extra: method-specific results to merge into ``metrics.json``.
-        resumed_seconds: training time spent before a resume.
-        on_epoch_end: called with the epoch number after each checkpoint.
-    """
-
-    config: FitConfig
-    run: RunDirectory | None = None
-    quiet: bool = False
-    resume: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-    resumed_seconds: float = 0.0
-    on_epoch_end: Callable[[int], None] | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.config.device)
-
-    def generator(self, *salt: int) -> torch.Generator:
-        """A CPU generator seeded by ``(config.seed, *salt)``, independent of the global RNG."""
-        seed = self.config.seed
-        for s in salt:
-            seed = (seed * 1_000_003 + s + 1) % (2**63 - 1)
-        return torch.Generator().manual_seed(seed)
-
-    def log(self, record: dict[str, Any]) -> None:
-        """Record one epoch (kept in ``history`` and appended to ``log.jsonl``)."""
-        self.history.append(record)
-        if self.run is not None:
-            self.run.append_log(record)
 
 
 class Method(ABC):
@@ -136,8 +90,11 @@ _BUILTIN_ORDER = ("finetune", "linear-probe", "lqf")
 
 
 def methods() -> dict[str, type[Method]]:
-    """All registered methods by name: the built-in ones first, in a fixed order."""
-    _load_builtin()
+    """All registered methods by name: the built-in ones first, in a fixed order.
+
+    The built-in ones register when :mod:`lqf.methods` is imported (its ``__init__``
+    imports them), which happens before any of its modules is used.
+    """
     names = [n for n in _BUILTIN_ORDER if n in _REGISTRY] + [n for n in _REGISTRY if n not in _BUILTIN_ORDER]
     return {n: _REGISTRY[n] for n in names}
 
@@ -148,9 +105,3 @@ def get_method(name: str) -> type[Method]:
     if name not in table:
         raise LqfError(f"unknown method {name!r}; valid: {', '.join(table)}")
     return table[name]
-
-
-def _load_builtin() -> None:
-    import lqf.methods.finetune  # noqa: F401
-    import lqf.methods.linear_probe  # noqa: F401
-    import lqf.methods.lqf  # noqa: F401

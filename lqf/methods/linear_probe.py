@@ -34,20 +34,8 @@ from lqf.errors import LqfError
 from lqf.heads.fixed import FixedClassifier
 from lqf.heads.probe import fit_fixed_head
 from lqf.methods.base import FitContext, Method, register_method
+from lqf.solvers.ridge import GRID, NO_VALIDATION_DEFAULT, mean_eigenvalue, ridge_path
 from lqf.training.evaluate import accuracy, apply
-
-#: candidate penalties: relative to the mean eigenvalue of Phi_c^T Phi_c (ridge), or
-#: absolute on standardised features with the mean loss (logistic)
-GRID = tuple(10.0**k for k in range(-6, 5))
-NO_VALIDATION_DEFAULT = 1e-2
-
-
-def mean_eigenvalue(features: torch.Tensor) -> float:
-    """Mean non-zero eigenvalue of ``Phi_c^T Phi_c`` for centred features
-    ``Phi_c`` ``(N, D)``: ``trace / min(N - 1, D)``."""
-    centred = features.double() - features.double().mean(0)
-    rank = max(1, min(features.shape[0] - 1, features.shape[1]))
-    return float(centred.pow(2).sum()) / rank
 
 
 @dataclass
@@ -66,40 +54,6 @@ class LinearProbeOptions:
     def __post_init__(self) -> None:
         if self.ridge is not None and self.ridge < 0:
             raise LqfError(f"--ridge must be >= 0, got {self.ridge}")
-
-
-def ridge_path(
-    features: torch.Tensor, targets: torch.Tensor, lambdas: list[float]
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Ridge solutions ``(W (D, C), b (C,))`` for each ``lambda`` (absolute).
-
-    Args:
-        features: ``Phi``, ``(N, D)``.
-        targets: ``Y``, ``(N, C)``.
-        lambdas: penalties on ``||W||^2``.
-    """
-    phi = features.double()
-    y = targets.double()
-    mu, ybar = phi.mean(0), y.mean(0)
-    u, s, vh = torch.linalg.svd(phi - mu, full_matrices=False)
-    uty = u.T @ (y - ybar)
-    out = []
-    for lam in lambdas:
-        w = vh.T @ ((s / (s**2 + lam)).unsqueeze(1) * uty)
-        out.append((w, ybar - mu @ w))
-    return out
-
-
-def ridge_direct(
-    features: torch.Tensor, targets: torch.Tensor, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same ridge solution by a dense solve of the normal equations (reference)."""
-    phi = features.double()
-    y = targets.double()
-    mu, ybar = phi.mean(0), y.mean(0)
-    pc = phi - mu
-    w = torch.linalg.solve(pc.T @ pc + lam * torch.eye(pc.shape[1], dtype=pc.dtype), pc.T @ (y - ybar))
-    return w, ybar - mu @ w
 
 
 def logistic(

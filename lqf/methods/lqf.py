@@ -48,9 +48,10 @@ from lqf.linearization import LinearizedModel, swap_activations
 from lqf.linearization.chain import link_of, split_at
 from lqf.linearization.lqf_model import PREDICT_MODES, LQFModel
 from lqf.methods.base import FitContext, Method, register_method
-from lqf.methods.linear_probe import GRID, mean_eigenvalue, ridge_path
 from lqf.models.transfer import TransferModel
 from lqf.solvers import KernelSolver, QuadraticProblem, conjugate_gradient
+from lqf.solvers.problem import hutchinson_trace
+from lqf.solvers.ridge import GRID, mean_eigenvalue, ridge_path
 from lqf.training.evaluate import accuracy, apply
 
 _LAST = re.compile(r"^last-(\d+)$")
@@ -192,16 +193,6 @@ def _predict(lin: LinearizedModel, x: torch.Tensor, v: list[torch.Tensor], batch
             sum(lin.primal_tangent(x[i : i + batch].to(v[0].device), v)) for i in range(0, len(x), batch)
         ]
     return torch.cat(parts).cpu()
-
-
-def hutchinson_trace(problem: QuadraticProblem, probes: int = 4, seed: int = 0) -> float:
-    """Estimate of ``trace(J M^{-1} J^T)`` with Rademacher probes (one vjp over the data each)."""
-    g = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for _ in range(probes):
-        u = (torch.randint(0, 2, problem.residual.shape, generator=g).float() * 2 - 1).to(problem.device)
-        total += float((problem.vjp(u).pow(2) / problem.metric).sum())
-    return total / probes
 
 
 @register_method

@@ -640,8 +640,8 @@ def _tune(
 ):
     """Fine-tune the masked model for ``epochs`` (cross-entropy, or distilled from ``teacher``, the
     unpruned model, with ``--distill``); returns the last epoch's validation accuracy."""
-    from lqf.methods.base import FitContext
     from lqf.training import train_epochs
+    from lqf.training.context import FitContext
     from lqf.training.distill import distilling
 
     for p in model.parameters():

@@ -22,7 +22,7 @@ from lqf.training import train_epochs
 
 if TYPE_CHECKING:
     from lqf.linearization.lqf_model import LQFModel
-    from lqf.methods.base import FitContext
+    from lqf.training.context import FitContext
 
 Precondition = Callable[[torch.Tensor], torch.Tensor]
 
@@ -77,8 +77,7 @@ def fit_minibatch(model: LQFModel, data, ctx: FitContext, options, inputs: torch
     ``inputs``: the cached inputs of the linear part for ``data.train``, used
     once to estimate the curvature (K-FAC factors and the ridge scale).
     """
-    from lqf.methods.lqf import hutchinson_trace
-    from lqf.solvers.problem import QuadraticProblem
+    from lqf.solvers.problem import QuadraticProblem, hutchinson_trace
 
     lin = model.linear
     c = model.num_classes

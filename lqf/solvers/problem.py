@@ -127,3 +127,13 @@ class QuadraticProblem:
         """``L(v)``."""
         err = self.jvp(v) - self.residual
         return float(0.5 * err.pow(2).sum() / self.n + 0.5 * self.lam * (self.metric * v * v).sum())
+
+
+def hutchinson_trace(problem: QuadraticProblem, probes: int = 4, seed: int = 0) -> float:
+    """Estimate of ``trace(J M^{-1} J^T)`` with Rademacher probes (one vjp over the data each)."""
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(probes):
+        u = (torch.randint(0, 2, problem.residual.shape, generator=g).float() * 2 - 1).to(problem.device)
+        total += float((problem.vjp(u).pow(2) / problem.metric).sum())
+    return total / probes

@@ -202,7 +202,7 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> list[to
 
 
 def _probe(phi: torch.Tensor, y: torch.Tensor, rel: list[float]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from lqf.methods.linear_probe import mean_eigenvalue, ridge_path
+    from lqf.solvers.ridge import mean_eigenvalue, ridge_path
 
     scale = mean_eigenvalue(phi)
     return ridge_path(phi, y, [r * scale for r in rel])

@@ -24,7 +24,7 @@ from lqf.training.progress import progress
 
 if TYPE_CHECKING:
     from lqf.data import DataSplits
-    from lqf.methods.base import FitContext
+    from lqf.training.context import FitContext
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
