@@ -212,7 +212,7 @@ def _tiny_setup(tmp_path: Path):
 
 @pytest.mark.parametrize("space", ["threshold", "fraction"])
 def test_interrupted_prune_resumes_without_repeating_trials(tmp_path: Path, monkeypatch, space) -> None:
-    from lqf.pruning import finepruning
+    from lqf.pruning import finepruning, measure
     from lqf.runs import RunDirectory
 
     config, data, make_model = _tiny_setup(tmp_path)
@@ -220,7 +220,7 @@ def test_interrupted_prune_resumes_without_repeating_trials(tmp_path: Path, monk
         rounds=2, trials=4, startup_trials=2, warm_start=1, round_epochs=1, final_epochs=1, space=space
     )
     calls = {"n": 0, "stop_at": 6}
-    original = finepruning.MaskedAccuracy.__call__
+    original = measure.MaskedAccuracy.__call__
 
     def counted(self, theta):
         calls["n"] += 1
@@ -228,7 +228,7 @@ def test_interrupted_prune_resumes_without_repeating_trials(tmp_path: Path, monk
             raise KeyboardInterrupt
         return original(self, theta)
 
-    monkeypatch.setattr(finepruning.MaskedAccuracy, "__call__", counted)
+    monkeypatch.setattr(measure.MaskedAccuracy, "__call__", counted)
     run = RunDirectory(str(tmp_path / "run"))
     with pytest.raises(KeyboardInterrupt):
         finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
@@ -328,7 +328,7 @@ def test_prune_can_validate_on_more_images_with_the_same_train_set(tiny_model_sp
 
 
 def test_trial_evaluation_leaves_the_model_untouched(tmp_path: Path) -> None:
-    from lqf.pruning.finepruning import MaskedAccuracy, bn_batches
+    from lqf.pruning.measure import MaskedAccuracy, bn_batches
 
     config, data, make_model = _tiny_setup(tmp_path)
     model = make_model().eval()
@@ -364,8 +364,8 @@ def test_prune_cli_end_to_end(tiny_model_spec, tmp_path, capsys) -> None:
 
 
 def test_global_starts_reproduce_global_pruning_per_layer() -> None:
-    from lqf.pruning.finepruning import global_starts
     from lqf.pruning.masks import theta_for_compression
+    from lqf.pruning.rounds import global_starts
 
     _, layers = _tiny_layers(include_head=True, grouping="layer")
     starts = global_starts(layers, 3, theta_max=1.0)
@@ -453,7 +453,7 @@ def _scripted_tune(monkeypatch, drops: list[float], seen: list[dict], stop_at: i
     """Replace fine-tuning by a scripted one: it shifts the kept weights (so that every phase's
     model differs), snapshots model and masks (before and after), and reports validation accuracy
     ``ref - drop``; the phase number ``stop_at`` is interrupted (Ctrl-C)."""
-    from lqf.pruning import finepruning
+    from lqf.pruning import tuning
 
     def tune(model, masks, data, config, options, epochs, index, run, quiet, history, say, **kw):
         if len(seen) == stop_at:
@@ -477,7 +477,7 @@ def _scripted_tune(monkeypatch, drops: list[float], seen: list[dict], stop_at: i
         )
         return val
 
-    monkeypatch.setattr(finepruning, "_tune", tune)
+    monkeypatch.setattr(tuning, "tune", tune)
 
 
 def _three_rounds(**changes) -> PruneOptions:
@@ -605,7 +605,7 @@ def test_an_interrupted_back_off_resumes_without_repeating_a_finished_one(tmp_pa
 
 def test_current_reference_is_measured_on_the_fine_tuned_model(tmp_path, monkeypatch) -> None:
     from lqf.pruning import finepruning
-    from lqf.pruning.finepruning import MaskedAccuracy, bn_batches
+    from lqf.pruning.measure import MaskedAccuracy, bn_batches
 
     config, data, make_model = _tiny_setup(tmp_path)
     seen: list[dict] = []
@@ -631,7 +631,8 @@ def test_current_reference_is_measured_on_the_fine_tuned_model(tmp_path, monkeyp
 def test_continuous_schedule_is_one_cosine_over_all_phases() -> None:
     import math
 
-    from lqf.pruning.finepruning import _phase_schedule, plan
+    from lqf.pruning.state import plan
+    from lqf.pruning.tuning import phase_schedule
 
     options = PruneOptions(rounds=2, round_epochs=1, final_epochs=2, tune_schedule="continuous", tune_lr=0.1)
     steps = 3  # batches per epoch
@@ -640,7 +641,7 @@ def test_continuous_schedule_is_one_cosine_over_all_phases() -> None:
         if kind != "tune":
             continue
         opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=options.tune_lr)
-        scheduler = _phase_schedule(opt, steps, epochs, index, options)
+        scheduler = phase_schedule(opt, steps, epochs, index, options)
         for _ in range(epochs * steps):
             seen.append(opt.param_groups[0]["lr"])
             opt.step()
@@ -653,7 +654,7 @@ def test_continuous_schedule_is_one_cosine_over_all_phases() -> None:
 
 # -- a held-out part of the validation split judges the candidates ------------------------------------
 def test_held_out_split_takes_the_last_images_of_every_class(tmp_path) -> None:
-    from lqf.pruning.finepruning import held_out
+    from lqf.pruning.measure import held_out
 
     _, data, _ = _tiny_setup(tmp_path)
     search, select = held_out(data.val, 1)
@@ -671,21 +672,21 @@ def test_held_out_split_takes_the_last_images_of_every_class(tmp_path) -> None:
 
 def test_held_out_images_alone_judge_the_candidates(tmp_path, monkeypatch) -> None:
     import lqf.training
-    from lqf.pruning import finepruning
+    from lqf.pruning import finepruning, measure, tuning
 
     config, data, make_model = _tiny_setup(tmp_path)
-    _, select = finepruning.held_out(data.val, 1)
+    _, select = measure.held_out(data.val, 1)
     seen: list[dict] = []
     # on the search images every candidate is within the target ...
     _scripted_tune(monkeypatch, [0.0, 0.0, 0.0, 0.0], seen)
     tuned_on: list[int] = []
-    original_tune = finepruning._tune
+    original_tune = tuning.tune
 
     def tune(model, masks, data, *args, **kw):
         tuned_on.append(len(data.val))
         return original_tune(model, masks, data, *args, **kw)
 
-    monkeypatch.setattr(finepruning, "_tune", tune)
+    monkeypatch.setattr(tuning, "tune", tune)
     # ... on the held-out ones (the reference, then the four candidates) only round 1's is
     scripted = iter([0.9, 0.895, 0.87, 0.88, 0.86])
     judged: list[float] = []

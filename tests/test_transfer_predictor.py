@@ -26,6 +26,7 @@ from lqf.linearization import LinearizedModel
 from lqf.models.transfer import SYMMETRIC, TransferModel
 from lqf.solvers.jacobian import jacobian
 from lqf.solvers.ridge import mean_eigenvalue, ridge_direct
+from lqf.theory import scores
 from lqf.theory import transfer as tr
 
 
@@ -183,7 +184,7 @@ def test_log_evidence_matches_dense_density() -> None:
         f = rng.standard_normal((n, d))
         y = rng.standard_normal(n)
         for alpha, beta in ((0.3, 2.0), (5.0, 0.1), (1.0, 50.0)):
-            got = tr.log_evidence(torch.from_numpy(f), torch.from_numpy(y), alpha, beta)
+            got = scores.log_evidence(torch.from_numpy(f), torch.from_numpy(y), alpha, beta)
             assert got == pytest.approx(_dense_log_evidence(f, y, alpha, beta), rel=1e-10, abs=1e-10)
 
 
@@ -195,7 +196,7 @@ def test_maximise_evidence_interior_maximum() -> None:
     rng = np.random.default_rng(1)
     f = rng.standard_normal((40, 6))
     y = f @ rng.standard_normal(6) * 0.5 + 0.7 * rng.standard_normal(40)
-    value, alpha, beta = tr.maximise_evidence(torch.from_numpy(f), torch.from_numpy(y))
+    value, alpha, beta = scores.maximise_evidence(torch.from_numpy(f), torch.from_numpy(y))
     assert math.isfinite(beta)
     grid = np.exp(np.linspace(-6, 6, 61))
     values = [(_dense_log_evidence(f, y, a, b), a, b) for a in grid for b in grid]
@@ -220,7 +221,7 @@ def test_maximise_evidence_fewer_samples_than_features(noise: float, limit: bool
     rng = np.random.default_rng(2)
     y = np.array([1, 0, 0, 1, 0, 1, 0, 0.0])
     f = np.outer(y, rng.standard_normal(30)) + noise * rng.standard_normal((8, 30))
-    value, alpha, beta = tr.maximise_evidence(torch.from_numpy(f), torch.from_numpy(y))
+    value, alpha, beta = scores.maximise_evidence(torch.from_numpy(f), torch.from_numpy(y))
     assert (beta == math.inf) == limit
     grid = np.exp(np.linspace(-8, 14, 45))
     assert max(_dense_log_evidence(f, y, a, b) for a in grid for b in grid) <= value + 1e-9
@@ -235,8 +236,8 @@ def test_logme_averages_class_maxima() -> None:
     rng = np.random.default_rng(3)
     f = torch.from_numpy(rng.standard_normal((8, 30)))
     labels = torch.tensor([0, 1, 1, 0, 2, 2, 0, 1])
-    per_class = [tr.maximise_evidence(f, (labels == c).double())[0] for c in range(3)]
-    assert tr.logme(f, labels) == pytest.approx(sum(per_class) / (3 * 8), rel=1e-12)
+    per_class = [scores.maximise_evidence(f, (labels == c).double())[0] for c in range(3)]
+    assert scores.logme(f, labels) == pytest.approx(sum(per_class) / (3 * 8), rel=1e-12)
 
 
 def test_leep_hand_computed() -> None:
@@ -245,9 +246,9 @@ def test_leep_hand_computed() -> None:
     # P(y, z) = [[1.2, 0.8], [0.1, 0.9]] / 3; P(z) = [1.3, 1.7] / 3;
     # P(y | z) = [[12/13, 8/17], [1/13, 9/17]]
     eep = [0.8 * 12 / 13 + 0.2 * 8 / 17, 0.4 * 12 / 13 + 0.6 * 8 / 17, 0.1 * 1 / 13 + 0.9 * 9 / 17]
-    assert tr.leep(theta, labels) == pytest.approx(sum(math.log(e) for e in eep) / 3, rel=1e-12)
+    assert scores.leep(theta, labels) == pytest.approx(sum(math.log(e) for e in eep) / 3, rel=1e-12)
     # a source that names the target class exactly: LEEP = log 1 = 0
-    assert tr.leep(torch.eye(3, dtype=torch.float64), torch.tensor([2, 0, 1])) == pytest.approx(
+    assert scores.leep(torch.eye(3, dtype=torch.float64), torch.tensor([2, 0, 1])) == pytest.approx(
         0.0, abs=1e-15
     )
 

@@ -23,7 +23,7 @@ with ``enqueue_trial``), and the GP starts from those. Within a round the
 weights are fixed, so trials finished before an interruption are exact
 observations and are handed back to the GP with ``add_trial`` instead of
 being recomputed. The caller may also queue other informed starting points
-(:func:`lqf.pruning.finepruning.global_starts`).
+(:func:`lqf.pruning.rounds.global_starts`).
 """
 
 from __future__ import annotations

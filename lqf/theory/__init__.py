@@ -8,8 +8,8 @@
   ``theta_S``: GD on the factors, the closed-form limit of gradient flow, frozen layers.
 * :mod:`lqf.theory.ntk` — two-layer ReLU networks: empirical NTK, kernel regression, GD.
 * :mod:`lqf.theory.transfer` — scores from a few-shot training split of a pretrained network:
-  the cross-fitted risk of the linearized head + last block against the linear probe, LogME,
-  LEEP (``lqf theory transfer``).
+  the cross-fitted risk of the linearized head + last block against the linear probe
+  (``lqf theory transfer``), beside LogME and LEEP (:mod:`lqf.theory.scores`).
 * :mod:`lqf.theory.figures` — the figures of ``lqf theory figure NAME``.
 
 See docs/theory.md for the formulas, their derivations and what the figures show.
