@@ -16,8 +16,8 @@ Validation accuracy selects the learning rate; test accuracy (``--max-test`` ima
 
 Usage::
 
-    python benchmarks/lqf_gap_exploration.py DATA SHOTS SEED [LRS] [EPOCHS]
-    python benchmarks/lqf_gap_exploration.py fashion-mnist 10 0 1e-4,3e-4,1e-3 30
+    python benchmarks/explorations/lqf_gap_exploration.py DATA SHOTS SEED [LRS] [EPOCHS]
+    python benchmarks/explorations/lqf_gap_exploration.py fashion-mnist 10 0 1e-4,3e-4,1e-3 30
 """
 
 import copy
@@ -42,7 +42,10 @@ lrs = [float(v) for v in (sys.argv[4] if len(sys.argv) > 4 else "1e-4,3e-4,1e-3"
 epochs = int(sys.argv[5]) if len(sys.argv) > 5 else 30
 BATCH = 32
 out_json = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "runs", "gap", f"{data_spec}-{shots}-{seed}.json"
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "runs",
+    "gap",
+    f"{data_spec}-{shots}-{seed}.json",
 )
 os.makedirs(os.path.dirname(out_json), exist_ok=True)
 results: dict = json.load(open(out_json)) if os.path.exists(out_json) else {}

@@ -9,8 +9,8 @@ reported with its test accuracy.
 
 Usage::
 
-    python benchmarks/lqf_kernel_exploration.py DATA SHOTS CUT SLOPE [SEED] [BETAS] [HEADS]
-    python benchmarks/lqf_kernel_exploration.py fashion-mnist 10 features.blocks.6.0 0
+    python benchmarks/explorations/lqf_kernel_exploration.py DATA SHOTS CUT SLOPE [SEED] [BETAS] [HEADS]
+    python benchmarks/explorations/lqf_kernel_exploration.py fashion-mnist 10 features.blocks.6.0 0
 """
 
 import os

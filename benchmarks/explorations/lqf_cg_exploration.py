@@ -3,8 +3,8 @@
 
 Usage::
 
-    python benchmarks/lqf_cg_exploration.py DATA SHOTS CUT SLOPE SEED LAMBDAS [euclid|unit]
-    python benchmarks/lqf_cg_exploration.py fashion-mnist 10 features.conv_stem 0 0 1,0.1,0.01,0.001
+    python benchmarks/explorations/lqf_cg_exploration.py DATA SHOTS CUT SLOPE SEED LAMBDAS [euclid|unit]
+    python benchmarks/explorations/lqf_cg_exploration.py fashion-mnist 10 features.conv_stem 0 0 1,0.1,0.01,0.001
 """
 
 import os

@@ -14,7 +14,7 @@ and, along the straight segment ``w0 + t D``, the accuracies of the network and 
 
 Usage::
 
-    python benchmarks/lqf_gap_layers.py DATA SHOTS SEED LR
+    python benchmarks/explorations/lqf_gap_layers.py DATA SHOTS SEED LR
 """
 
 import copy
@@ -37,7 +37,7 @@ from lqf.training.evaluate import apply
 data_spec, shots, seed, lr = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 EPOCHS, BATCH = 30, 32
 out_json = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     "runs",
     "gap",
     f"layers-{data_spec}-{shots}-{seed}-{lr:g}.json",
