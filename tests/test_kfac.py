@@ -7,7 +7,7 @@ from torch import nn
 
 from lqf.curvature import KFAC
 from lqf.linearization import LinearizedModel
-from lqf.solvers.jacobian import jacobian
+from lqf.linearization.jacobian import jacobian
 
 
 class _Net(nn.Module):

@@ -10,8 +10,8 @@ from torch import nn
 
 from lqf.linearization import LeakyReLU6, LinearizedModel, swap_activations
 from lqf.linearization.chain import module_chain, split_at
+from lqf.linearization.jacobian import jacobian
 from lqf.models import build_model, wrap_module
-from lqf.solvers.jacobian import jacobian
 
 
 def _vit() -> nn.Module:

@@ -7,8 +7,9 @@ from torch import nn
 
 from lqf.curvature import KFAC
 from lqf.linearization import LinearizedModel
+from lqf.linearization.jacobian import jacobian
 from lqf.solvers import KernelSolver, QuadraticProblem, conjugate_gradient
-from lqf.solvers.jacobian import fill_jacobian, jacobian
+from lqf.solvers.jacobian import fill_jacobian
 from lqf.solvers.minibatch import PreconditionedOptimizer
 
 N, C = 24, 3

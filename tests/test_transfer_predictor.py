@@ -23,8 +23,8 @@ from torch import nn
 from lqf.cli.main import main
 from lqf.errors import LqfError
 from lqf.linearization import LinearizedModel
+from lqf.linearization.jacobian import jacobian
 from lqf.models.transfer import SYMMETRIC, TransferModel
-from lqf.solvers.jacobian import jacobian
 from lqf.solvers.ridge import mean_eigenvalue, ridge_direct
 from lqf.theory import scores
 from lqf.theory import transfer as tr

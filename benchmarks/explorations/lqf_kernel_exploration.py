@@ -23,8 +23,8 @@ import torch
 from lqf.data import load_data
 from lqf.linearization import LinearizedModel, swap_activations
 from lqf.linearization.chain import split_at
+from lqf.linearization.jacobian import jacobian
 from lqf.models import build_model
-from lqf.solvers.jacobian import jacobian
 from lqf.solvers.ridge import GRID, mean_eigenvalue, ridge_path
 from lqf.training.evaluate import apply
 

@@ -86,6 +86,7 @@ def print_summary(metrics: dict, out: str | None) -> None:
         f"  test accuracy {fmt(m['test_accuracy'])}    val accuracy {fmt(m['val_accuracy'])}",
         f"  train time    {m['train_seconds']:.1f} s    peak memory {m['peak_memory_mb']:.0f} MiB",
     ]
+    lines += [f"  note          {note}" for note in m.get("notes", [])]
     if out:
         lines.append(
             f"  run directory {out}  (config.json, metrics.json, log.jsonl, "

@@ -186,7 +186,7 @@ class KFAC:
                 rows = _out_rows(b.module, g)
                 b.G += rows.transpose(1, 2) @ rows
         if self.diagonal_index:
-            from lqf.solvers.jacobian import jacobian
+            from lqf.linearization.jacobian import jacobian
 
             jac = jacobian(model, x, self.diagonal_index)  # (B, C, P_diag)
             sq = jac.pow(2).sum(dim=(0, 1))

@@ -21,6 +21,7 @@ without its fused inference path.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -45,6 +46,17 @@ def _reference_attention():
             was = mha.get_fastpath_enabled()
             mha.set_fastpath_enabled(False)
             stack.callback(mha.set_fastpath_enabled, was)
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_forward_ad():
+    """torch loads its forward-mode decompositions on the first jvp through ``torch.jit.script``,
+    which warns that it is deprecated: a message about torch's internals, not for the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+        )
         yield
 
 
@@ -103,11 +115,12 @@ class LinearizedModel(nn.Module):
         Differentiable in ``v`` (reverse mode through the tangent), which is how
         the mini-batch solvers train ``delta``.
         """
-        try:
-            return jvp(self._f(x), self.w0, tuple(v))
-        except NotImplementedError:
-            with _reference_attention():
+        with _quiet_forward_ad():
+            try:
                 return jvp(self._f(x), self.w0, tuple(v))
+            except NotImplementedError:
+                with _reference_attention():
+                    return jvp(self._f(x), self.w0, tuple(v))
 
     def jvp(self, x: torch.Tensor, v: Sequence[torch.Tensor]) -> torch.Tensor:
         """``J v`` of shape ``(B, C)``."""

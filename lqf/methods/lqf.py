@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -48,9 +47,8 @@ from lqf.linearization import LinearizedModel, swap_activations
 from lqf.linearization.chain import link_of, split_at
 from lqf.linearization.lqf_model import PREDICT_MODES, LQFModel
 from lqf.methods.base import FitContext, Method, register_method
+from lqf.methods.lqf_solve import make_plan, predict_linear, solve_kfac_cg, solve_ridges
 from lqf.models.transfer import TransferModel
-from lqf.solvers import KernelSolver, QuadraticProblem, conjugate_gradient
-from lqf.solvers.problem import hutchinson_trace
 from lqf.solvers.ridge import GRID, mean_eigenvalue, ridge_path
 from lqf.training.evaluate import accuracy, apply
 
@@ -86,16 +84,21 @@ class LQFOptions:
         "default: chosen on the validation split",
     )
     solver: str = option(
-        "auto", "kernel (exact), cg, sgd; auto: kernel when it fits, else cg", choices=SOLVERS
+        "auto",
+        "kernel (exact: the tangent kernel without J, a Cholesky factorization per ridge), "
+        "cg (multi-shift conjugate gradient: every ridge from one Krylov sequence), sgd; "
+        "auto: the fastest route that fits --kernel-memory-mb, by predicted time",
+        choices=SOLVERS,
     )
     preconditioner: str = option(
         "auto",
-        "preconditioner: kfac, none; auto: none for cg (faster here), kfac for sgd",
+        "preconditioner: kfac, none; auto: none for cg (multi-shift), kfac for sgd; "
+        "kfac with cg solves each ridge on its own",
         choices=("auto", "kfac", "none"),
     )
     damping: float = option(0.1, "K-FAC damping, relative to the mean eigenvalue of the K-FAC curvature")
-    tol: float = option(1e-3, "cg: stop at this relative residual")
-    max_iter: int = option(100, "cg: at most this many iterations per ridge value")
+    tol: float = option(1e-4, "cg: stop each ridge at this relative residual")
+    max_iter: int = option(1000, "cg: at most this many products J^T J v (for the whole grid)")
     lqf_lr: float = option(1e-2, "sgd: learning rate (of the preconditioned step)")
     lqf_optimizer: str = option(
         "sgd", "sgd: the optimizer the preconditioned gradient feeds", choices=("sgd", "adam")
@@ -103,7 +106,9 @@ class LQFOptions:
     predict: str = option(
         "linear", "predict with f_lin (linear) or the network at w0 + dw", choices=PREDICT_MODES
     )
-    kernel_memory_mb: float = option(4096.0, "kernel: memory budget for the Jacobian")
+    kernel_memory_mb: float = option(
+        4096.0, "memory the kernel and cg routes may hold (factors, kernel, factorization), MiB"
+    )
     relinearize: int = option(
         0,
         "solve again this many times, each around the last solution (w0 <- w0 + dw, dw <- 0): "
@@ -123,8 +128,15 @@ class LQFOptions:
             raise LqfError("--lqf-loss ce is not quadratic: use it with --solver sgd")
         if self.relinearize < 0:
             raise LqfError(f"--relinearize must be >= 0, got {self.relinearize}")
-        if self.damping < 0 or self.tol <= 0 or self.max_iter < 1 or self.lqf_lr <= 0:
-            raise LqfError("--damping must be >= 0, --tol, --lqf-lr > 0 and --max-iter >= 1")
+        for bad, message in (
+            (self.damping < 0, f"--damping must be >= 0, got {self.damping}"),
+            (self.tol <= 0, f"--tol must be > 0, got {self.tol}"),
+            (self.max_iter < 1, f"--max-iter must be >= 1, got {self.max_iter}"),
+            (self.lqf_lr <= 0, f"--lqf-lr must be > 0, got {self.lqf_lr}"),
+            (self.kernel_memory_mb <= 0, f"--kernel-memory-mb must be > 0, got {self.kernel_memory_mb:g}"),
+        ):
+            if bad:
+                raise LqfError(message)
 
 
 def select_linearized(model: TransferModel, spec: str) -> list[str]:
@@ -181,18 +193,23 @@ def fit_probe_head(
     return GRID[best]
 
 
+def _embedding(model: TransferModel, suffix: nn.Module | None):
+    """``x -> features`` on the linear part's inputs: the suffix without its last link (the
+    head), or the whole embedding when nothing is cached."""
+    if suffix is None:
+        return model.embed
+    links = list(suffix.children())  # the chain ends with the head (lqf.linearization.chain)
+    return nn.Sequential(*links[:-1])
+
+
+def _apply_tensor(fn, x: torch.Tensor, batch: int, device) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+
+
 def _link_input(model: TransferModel, names: list[str], probe: torch.Tensor):
     first = link_of(model, names[0])
     return split_at(model, first, probe) if first is not None else None
-
-
-def _predict(lin: LinearizedModel, x: torch.Tensor, v: list[torch.Tensor], batch: int = 256) -> torch.Tensor:
-    """``f_lin(x; w0 + v)`` ``(N, C)`` on the CPU (``x`` moved to ``v``'s device batch by batch)."""
-    with torch.no_grad():
-        parts = [
-            sum(lin.primal_tangent(x[i : i + batch].to(v[0].device), v)) for i in range(0, len(x), batch)
-        ]
-    return torch.cat(parts).cpu()
 
 
 @register_method
@@ -219,25 +236,25 @@ class LQF(Method):
             del original
         bs = max(ctx.config.batch_size, 256)
         has_val = len(data.val) > 0
+        names = select_linearized(model, o.linearize)
+        probe = next(iter(data.train.batches(2)))[0].to(device)
+        split = _link_input(model, names, probe)
+        prefix, suffix = split if split is not None else (None, None)
+        # the linear part's inputs, cached once: they also give the probe head its features
+        cache = prefix if prefix is not None else nn.Identity()
+        xtr = apply(cache, data.train, batch_size=bs, device=device, desc="cache", quiet=ctx.quiet)
+        xva = apply(cache, data.val, batch_size=bs, device=device) if has_val else None
         if o.head_init == "probe" and not isinstance(model.head, nn.Linear):
             # e.g. a fixed classifier: its matrix is a buffer (never linearized), its scale
             # and bias are parameters and are linearized with the head; they start as built
             ctx.extra["head_init"] = f"{type(model.head).__name__} as built"
         elif o.head_init == "probe":
-            ftr = apply(
-                model.embed, data.train, batch_size=bs, device=device, desc="features", quiet=ctx.quiet
-            )
-            fva = apply(model.embed, data.val, batch_size=bs, device=device) if has_val else None
+            embed = _embedding(model, suffix)
+            ftr = _apply_tensor(embed, xtr, bs, device)
+            fva = _apply_tensor(embed, xva, bs, device) if has_val else None
             ctx.extra["head_ridge_relative"] = fit_probe_head(
                 model, ftr, data.train.labels, fva, data.val.labels if has_val else None
             )
-        names = select_linearized(model, o.linearize)
-        probe = next(iter(data.train.batches(2)))[0].to(device)
-        split = _link_input(model, names, probe)
-        if split is None:
-            prefix, suffix = None, None
-        else:
-            prefix, suffix = split
         spec = {
             "linearize": o.linearize,
             "leaky_slope": o.leaky_slope,
@@ -250,42 +267,50 @@ class LQF(Method):
         ctx.extra["linearized_parameters"] = lin.num_linearized()
         ctx.extra["cached_prefix"] = split is not None
         start = time.perf_counter()
-        xtr = apply(
-            lqf_model.features_in, data.train, batch_size=bs, device=device, desc="cache", quiet=ctx.quiet
-        )
-        xva = apply(lqf_model.features_in, data.val, batch_size=bs, device=device) if has_val else None
         c = model.num_classes
         targets = o.target_scale * nn.functional.one_hot(data.train.labels, c).float()
-        solver = o.solver
-        rows = len(xtr) * c
-        if solver == "auto":
-            needed = rows * lin.num_linearized() * 4 / 2**20
-            solver = "kernel" if rows <= 6000 and needed <= o.kernel_memory_mb else "cg"
-        ctx.extra["solver"] = solver
+        yva = data.val.labels if has_val else None
+        ridges = [o.lqf_ridge] if o.lqf_ridge is not None else list(RIDGE_GRID)
+        if not has_val and o.lqf_ridge is None:
+            ridges = [1e-2]
+        plan = None
+        kfac_cg = o.solver == "cg" and o.preconditioner == "kfac"
+        if o.solver != "sgd" and not kfac_cg:
+            plan = make_plan(o, lin, xtr, len(xva) if has_val else 0, len(ridges))
+            ctx.extra["solver_plan"] = plan.record()
+        ctx.extra["solver"] = plan.route if plan is not None else o.solver
         steps = []
         for step in range(1 + o.relinearize):
             if step:
                 relinearize(lin)
-            if solver == "sgd":
+            if o.solver == "sgd":
                 from lqf.solvers.minibatch import fit_minibatch
 
                 fit_minibatch(lqf_model, data, ctx, o, xtr)
                 chosen = None
+            elif kfac_cg:
+                chosen = solve_kfac_cg(o, lin, xtr, targets, xva, yva, ridges, ctx, step + 1)
             else:
-                problem = QuadraticProblem(lin, xtr, targets, 0.0, batch_size=128)
-                yva = data.val.labels if has_val else None
-                chosen = self._solve_exact(problem, solver, xva, yva, ctx, step + 1)
+                chosen = solve_ridges(o, lin, plan, xtr, targets, xva, yva, ridges, ctx, step + 1)
             if o.relinearize:
                 if not has_val:
                     val = None
                 elif chosen is None:  # sgd: no ridge grid, so no validation accuracy yet
-                    val = accuracy(_predict(lin, xva, tuple(lin.delta)), data.val.labels)
+                    val = accuracy(predict_linear(lin, xva, tuple(lin.delta)), data.val.labels)
                 else:
                     val = chosen["val_accuracy"]
                 ridge = None if chosen is None else chosen["ridge_relative"]  # sgd: no grid
                 steps.append({"ridge_relative": ridge, "val_accuracy": val})
         if steps:
             ctx.extra["relinearize_steps"] = steps
+        if plan is not None:
+            ctx.extra.setdefault("notes", []).insert(
+                0,
+                f"solver {plan.route}"
+                + (" (streamed)" if plan.storage == "streamed" else "")
+                + f": {plan.reason}; ridge {ctx.extra['ridge_relative']:g} chosen on validation "
+                f"of {len(ridges)}",
+            )
         ctx.extra["solve_seconds"] = time.perf_counter() - start
         return lqf_model
 
@@ -300,65 +325,3 @@ class LQF(Method):
         split = _link_input(model, names, torch.rand(2, 3, size, size)) if spec.get("split") else None
         prefix, suffix = split if split is not None else (None, None)
         return LQFModel(model, names, prefix, suffix, predict=spec.get("predict", "linear"), spec=spec)
-
-    def _solve_exact(
-        self, problem: QuadraticProblem, solver: str, xva, yva, ctx: FitContext, epoch: int = 1
-    ) -> dict[str, Any]:
-        """Solve ``problem`` at every ridge of the grid, keep the best on validation in ``delta``;
-        returns the chosen ridge's record (``ridge_relative``, ``val_accuracy``, ...)."""
-        o: LQFOptions = self.options
-        lin = problem.model
-        n = problem.n
-        rel = [o.lqf_ridge] if o.lqf_ridge is not None else list(RIDGE_GRID)
-        if xva is None and o.lqf_ridge is None:
-            rel = [1e-2]
-        records: list[dict[str, Any]] = []
-        # lam = relative * trace(J M^-1 J^T) / (N C) / N; the trace from the same seeded
-        # estimate for every solver, so that they solve the same problem
-        scale = hutchinson_trace(problem) / problem.residual.numel() / n
-        ctx.extra["ridge_scale"] = scale
-        if solver == "kernel":
-            ks = KernelSolver(problem, memory_mb=o.kernel_memory_mb)
-            solutions = [(r, ks.solve(r * scale), {}) for r in rel]
-        else:
-            pre = None
-            use_kfac = o.preconditioner == "kfac"
-            ctx.extra["preconditioner"] = "kfac" if use_kfac else "none"
-            if use_kfac:
-                from lqf.curvature import KFAC
-
-                kfac = KFAC(lin, problem.inputs, batch_size=64)
-                damping = o.damping * kfac.mean_eigenvalue()
-            b = problem.rhs()
-            x = None
-            solutions = []
-            for r in sorted(rel, reverse=True):  # strong to weak ridge, warm-started
-                problem.lam = r * scale
-                if use_kfac:
-                    pre = lambda v, lam=problem.lam: kfac.inverse(v, damping, lam)  # noqa: E731
-                res = conjugate_gradient(
-                    problem.hvp, b, x0=x, precondition=pre, tol=o.tol, max_iter=o.max_iter
-                )
-                x = res.x
-                solutions.append(
-                    (r, x.clone(), {"cg_iterations": res.iterations, "cg_residual": res.residual})
-                )
-        best = None
-        for r, dw, info in solutions:
-            v = problem.unflatten(dw)
-            val_acc = accuracy(_predict(lin, xva, v), yva) if xva is not None else float("nan")
-            train_acc = accuracy(_predict(lin, problem.inputs, v), problem.targets.argmax(1).cpu())
-            rec = {"ridge_relative": r, "val_accuracy": val_acc, "train_accuracy": train_acc, **info}
-            records.append(rec)
-            key = (val_acc if not math.isnan(val_acc) else 0.0, r)
-            if best is None or key > best[0]:
-                best = (key, r, dw)
-        _, r, dw = best
-        with torch.no_grad():
-            for d, val in zip(lin.delta, problem.unflatten(dw), strict=True):
-                d.copy_(val)
-        ctx.extra["ridge_relative"] = r
-        ctx.extra["ridge_grid"] = records
-        chosen = next(rec for rec in records if rec["ridge_relative"] == r)
-        ctx.log({"epoch": epoch, **{k: v for k, v in chosen.items() if k != "ridge_relative"}})
-        return chosen

@@ -1,4 +1,5 @@
-"""Solvers for the LQF quadratic problem: conjugate gradient, kernel (NTK), mini-batch."""
+"""Solvers for the LQF quadratic problem: the ridge grid by the tangent kernel or multi-shift CG
+(grid.py, planned by plan.py), conjugate gradient, the materialized-J kernel, mini-batch."""
 
 from lqf.solvers.cg import CGResult, conjugate_gradient
 from lqf.solvers.kernel import KernelSolver

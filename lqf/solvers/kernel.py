@@ -1,4 +1,8 @@
-"""The exact solution of the LQF problem through the empirical NTK (few-shot sizes).
+"""The exact solution of the LQF problem through the empirical NTK, with ``J`` materialized.
+
+This is the dense reference (and the route before the factored tangent kernel): ``--solver
+kernel`` now forms ``K`` without ``J`` (:mod:`lqf.linearization.kernel`,
+:mod:`lqf.solvers.grid`); the benchmarks compare the two.
 
 With ``K = J M^{-1} J^T`` (``(N C, N C)``, the empirical neural tangent kernel
 in the metric ``M``) the minimiser of the LQF loss is
