@@ -59,7 +59,8 @@ def _check(lin: LinearizedModel, x1: torch.Tensor, x2: torch.Tensor, kinds: set[
     assert _rel(tangent_kernel(f1, metric=metric), k11) < TOL
     assert _rel(tangent_kernel(f1, f2, metric=metric), k12) < TOL
     _, plain, _ = _dense_kernel(lin, x1, x2, [1.0] * len(lin.delta))
-    assert _rel(tangent_kernel(f1), plain) < TOL  # M = I
+    kernel = tangent_kernel(f1)
+    assert _rel(kernel, plain) < TOL and torch.equal(kernel, kernel.T)  # M = I; exactly symmetric
     assert _rel(f1.diagonal(metric).reshape(-1), k11.diagonal()) < TOL
 
 
@@ -169,6 +170,10 @@ def test_streamed_products_equal_the_factors() -> None:
         _rel(torch.cat([t.reshape(-1) for t in s.vjp(u)]), torch.cat([t.reshape(-1) for t in f.vjp(u)])) < TOL
     )
     assert _rel(s.diagonal(), f.diagonal()) < TOL
+    assert (
+        _rel(torch.cat([t.reshape(-1) for t in s.normal(v)]), torch.cat([t.reshape(-1) for t in f.normal(v)]))
+        < TOL
+    )
     assert torch.allclose(s.outputs, f.outputs, atol=1e-12)
 
 

@@ -77,9 +77,9 @@ class JacobianFactors:
         self.dtype = lin.delta[0].dtype
         self.sizes = [d.numel() for d in lin.delta]
         self.shapes = [d.shape for d in lin.delta]
-        parts: list[list] = [[] for _ in self.sites]
         self.classes = None
         self.force_dense = dense
+        self.blocks: list[tuple] = []
         outputs = []
         #: why every module's rows came from per-sample ``jacrev`` (``None``: they did not)
         self.fallback_reason: str | None = None
@@ -94,16 +94,15 @@ class JacobianFactors:
                     site.fallback = True
                 outputs.clear()
                 blocks = self._batch(x, outputs)
-            for k, block in enumerate(blocks):
-                parts[k].append(block)
+            if lo == 0:  # the whole factors, allocated once and filled batch by batch
+                self.blocks = [(b[0], *[t.new_empty((self.n, *t.shape[1:])) for t in b[1:]]) for b in blocks]
+            for whole, part in zip(self.blocks, blocks, strict=True):
+                for dst, src in zip(whole[1:], part[1:], strict=True):
+                    dst[lo : lo + src.shape[0]] = src
             if on_batch is not None:
                 on_batch(min(lo + batch_size, self.n))
         #: ``f(x; w0)`` ``(N, C)``: the linearization's outputs, from the same forward passes
         self.outputs = torch.cat(outputs)
-        self.blocks = []
-        for part in parts:
-            kind = part[0][0]
-            self.blocks.append((kind, *[torch.cat([p[i] for p in part]) for i in range(1, len(part[0]))]))
 
     # ------------------------------------------------------------------------------ capture
 
@@ -207,13 +206,16 @@ class JacobianFactors:
 
                 blocks.append((DENSE, jacobian(lin, x, site.tensors).detach()))
                 continue
-            g = torch.cat([positions(site, cots[slot[(k, j)]].detach()) for j in range(calls)], dim=2)
+            gs = [positions(site, cots[slot[(k, j)]].detach()) for j in range(calls)]
+            g = gs[0] if calls == 1 else torch.cat(gs, dim=2)
             if site.kind == AFFINE:
-                xh = torch.cat([xhat(site.module, a) for a in inputs[k]], dim=1)  # (B, S, O)
+                xhs = [xhat(site.module, a) for a in inputs[k]]
+                xh = xhs[0] if calls == 1 else torch.cat(xhs, dim=1)  # (B, S, O)
                 rows = [(g * xh.unsqueeze(1)).sum(2) if i == site.weight else g.sum(2) for i in site.tensors]
                 blocks.append((DENSE, torch.cat(rows, dim=2)))
                 continue
-            a = torch.cat([patches(site.module, v) for v in inputs[k]], dim=1)  # (B, S, G, K)
+            ps = [patches(site.module, v) for v in inputs[k]]
+            a = ps[0] if calls == 1 else torch.cat(ps, dim=1)  # (B, S, G, K)
             use_dense = self.force_dense
             if not use_dense:
                 struct, dense = kernel_cost(site, a.shape[1], c)
@@ -270,19 +272,23 @@ class JacobianFactors:
                 out += block[1] @ vk
                 continue
             _, a, g = block
+            flat = g.reshape(n, g.shape[1], -1)  # (N, C, S * G * O)
             w = v[site.weight].reshape(site.groups, g.shape[-1], a.shape[-1])
             u = torch.einsum("bsgk,gok->bsgo", a, w)
-            out += torch.einsum("bcsgo,bsgo->bc", g, u)
             if site.bias is not None:
-                out += torch.einsum("bcsgo,go->bc", g, v[site.bias].reshape(site.groups, -1))
+                u = u + v[site.bias].reshape(site.groups, -1)
+            out += torch.bmm(flat, u.reshape(n, -1, 1)).squeeze(2)
         return out
 
     @torch.no_grad()
     def vjp(self, u: torch.Tensor) -> list[torch.Tensor]:
         """``J^T u`` (shaped like ``lin.delta``) for ``u`` of shape ``(N, C)``."""
+        return self._vjp(self.blocks, u)
+
+    def _vjp(self, blocks: list[tuple], u: torch.Tensor) -> list[torch.Tensor]:
         out: list[torch.Tensor | None] = [None] * len(self.sizes)
         u = u.to(self.dtype)
-        for site, block in zip(self.sites, self.blocks, strict=True):
+        for site, block in zip(self.sites, blocks, strict=True):
             if block[0] == DENSE:
                 flat = torch.einsum("bcp,bc->p", block[1], u)
                 idx = site.tensors
@@ -290,12 +296,17 @@ class JacobianFactors:
                     out[i] = piece.reshape(self.shapes[i])
                 continue
             _, a, g = block
-            h = torch.einsum("bcsgo,bc->bsgo", g, u)
+            m = g.shape[0]
+            h = torch.bmm(u.unsqueeze(1), g.reshape(m, g.shape[1], -1)).reshape(m, *g.shape[2:])
             out[site.weight] = torch.einsum("bsgo,bsgk->gok", h, a).reshape(self.shapes[site.weight])
             if site.bias is not None:
                 out[site.bias] = h.sum((0, 1)).reshape(self.shapes[site.bias])
         zeros = [torch.zeros(s, dtype=self.dtype, device=self.device) for s in self.shapes]
         return [t if t is not None else z for t, z in zip(out, zeros, strict=True)]
+
+    def normal(self, v: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``J^T J v`` (shaped like ``lin.delta``)."""
+        return self.vjp(self.jvp(v))
 
     def dense(self) -> torch.Tensor:
         """The dense ``J`` ``(N*C, P)`` (rows sample-major, columns in ``delta`` order), from the factors."""

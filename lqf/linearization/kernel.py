@@ -78,6 +78,9 @@ def tangent_kernel(
             rows = d1[lo : lo + chunk] if scale is None else d1[lo : lo + chunk] * scale
             if sym:  # only the columns from this chunk on; the rest is its mirror
                 part = rows @ d2[lo:].T
+                width = min(chunk, part.shape[0])
+                square = part[:, :width]
+                part[:, :width] = (square + square.T) / 2  # exactly symmetric, as K is
                 out[lo : lo + chunk, lo:] += part
                 out[lo + chunk :, lo : lo + chunk] += part[:, chunk:].T
             else:
@@ -102,6 +105,8 @@ def tangent_kernel(
         rows = slice(i * c, (i + block.shape[0]) * c)
         cols = slice(j * c, (j + block.shape[2]) * c)
         flat = block.reshape(block.shape[0] * c, block.shape[2] * c).double()
+        if sym and j == i:
+            flat = (flat + flat.T) / 2  # rounding leaves a diagonal block a little asymmetric
         out[rows, cols] += flat
         if sym and j > i:
             out[cols, rows] += flat.T

@@ -66,6 +66,16 @@ class StreamedJacobian:
                 acc += piece
         return out
 
+    def normal(self, v: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``J^T J v``: a jvp and a vjp per batch."""
+        out = [torch.zeros_like(d) for d in self.lin.delta]
+        for _, x in self._batches():
+            with torch.no_grad():
+                u = self.lin.jvp(x, v)
+            for acc, piece in zip(out, self.lin.vjp(x, u), strict=True):
+                acc += piece
+        return out
+
     def diagonal(self, metric: Sequence[float] | None = None) -> torch.Tensor:
         """The diagonal of ``J M^-1 J^T`` ``(N, C)`` (factors one batch at a time)."""
         key = tuple(metric) if metric is not None else None

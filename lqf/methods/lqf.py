@@ -106,8 +106,10 @@ class LQFOptions:
     predict: str = option(
         "linear", "predict with f_lin (linear) or the network at w0 + dw", choices=PREDICT_MODES
     )
-    kernel_memory_mb: float = option(
-        4096.0, "memory the kernel and cg routes may hold (factors, kernel, factorization), MiB"
+    kernel_memory_mb: float | None = option(
+        None,
+        "memory the kernel and cg routes may hold (factors, kernel, factorization), MiB; "
+        "default: half the memory available when the solve starts",
     )
     relinearize: int = option(
         0,
@@ -133,10 +135,20 @@ class LQFOptions:
             (self.tol <= 0, f"--tol must be > 0, got {self.tol}"),
             (self.max_iter < 1, f"--max-iter must be >= 1, got {self.max_iter}"),
             (self.lqf_lr <= 0, f"--lqf-lr must be > 0, got {self.lqf_lr}"),
-            (self.kernel_memory_mb <= 0, f"--kernel-memory-mb must be > 0, got {self.kernel_memory_mb:g}"),
         ):
             if bad:
                 raise LqfError(message)
+        if self.kernel_memory_mb is not None:
+            from lqf.resources import total_memory_mb
+
+            total = total_memory_mb()
+            if self.kernel_memory_mb <= 0:
+                raise LqfError(f"--kernel-memory-mb must be > 0, got {self.kernel_memory_mb:g}")
+            if total is not None and self.kernel_memory_mb > total:
+                raise LqfError(
+                    f"--kernel-memory-mb {self.kernel_memory_mb:g} is more than this machine's "
+                    f"{total:.0f} MiB of memory; give at most that, or leave it out (half the free memory)"
+                )
 
 
 def select_linearized(model: TransferModel, spec: str) -> list[str]:

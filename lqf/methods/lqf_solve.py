@@ -53,9 +53,19 @@ def make_plan(options, lin: LinearizedModel, xtr: torch.Tensor, n_val: int, ridg
         len(xtr),
         n_val,
         ridges,
-        memory_mb=options.kernel_memory_mb,
+        memory_mb=memory_budget(options.kernel_memory_mb),
         max_iter=options.max_iter,
     )
+
+
+def memory_budget(given: float | None) -> float:
+    """``--kernel-memory-mb``, or half the memory available now (4096 MiB where the OS does not say)."""
+    if given is not None:
+        return given
+    from lqf.resources import available_memory_mb
+
+    free = available_memory_mb()
+    return 4096.0 if free is None else free / 2
 
 
 def _jacobian(lin, x, storage: str, desc: str, quiet: bool):

@@ -8,13 +8,14 @@ cost, so for ``N`` training and ``V`` validation inputs of ``C`` classes it pred
   Cholesky factor at a time (as much again); time: the kernel's matrix products
   (``S^2 (O + 1)`` per pair of rows for a factored layer, ``P`` for a dense one, half of them
   by symmetry) and one factorization (``(N C)^3 / 3``) per ridge;
-* ``cg`` with stored factors: the factors; time: ``PLANNED_ITERATIONS`` (or ``max_iter`` if
-  smaller) products ``J^T J v`` from them;
+* ``cg`` with stored factors: the factors; time: ``max_iter`` products ``J^T J v`` from them
+  (the most it may take; each reads the factors twice);
 * ``cg`` streamed: no factors, each product a ``jvp`` and a ``vjp`` pass over the data,
-  ``STREAM_FACTOR`` times the work of a product from factors (measured on efficientnet_lite0).
+  ``STREAM_FACTOR`` times a product from factors (measured on efficientnet_lite0).
 
-Work is turned into seconds with this machine's float32 matrix-product rate, measured once
-(a 1024 x 1024 product, about 10 ms); float64 counts double. ``auto`` picks the fastest route
+Work is turned into seconds with this machine's float32 matrix-product rate and memory read
+rate, each measured once (a 1024 x 1024 product and a 256 MiB sum, a few tens of ms);
+float64 counts double. ``auto`` picks the fastest route
 that fits ``memory_mb``; a route asked for by name that does not fit gives one line naming
 the size and what to change.
 """
@@ -32,11 +33,9 @@ from lqf.errors import LqfError
 from lqf.linearization.factors import DENSE, JacobianFactors
 from lqf.linearization.linear_model import LinearizedModel
 
-#: products J^T J v that the plan assumes an unpreconditioned multi-shift CG needs for the grid
-#: (efficientnet_lite0, last 3 units, fashion-mnist: 400 to 1e-3 at 100 images per class)
-PLANNED_ITERATIONS = 400
-#: a jvp + vjp pass over the data against a product from stored factors (measured: about 8x)
-STREAM_FACTOR = 8.0
+#: a jvp + vjp pass over the data against a product from stored factors (efficientnet_lite0,
+#: last 3 units, 1,000 inputs: 1.1 s against 0.16 s)
+STREAM_FACTOR = 7.0
 
 
 @lru_cache(maxsize=1)
@@ -49,6 +48,18 @@ def matmul_rate() -> float:
         a @ a
         best = min(best, time.perf_counter() - start)
     return 2 * 1024**3 / best
+
+
+@lru_cache(maxsize=1)
+def memory_rate() -> float:
+    """Bytes per second this machine reads from memory (best of three sums over 256 MiB)."""
+    x = torch.ones(64 * 2**20)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
 
 
 @dataclass
@@ -112,13 +123,12 @@ def predict(costs: Costs, n: int, n_val: int, ridges: int, max_iter: int) -> dic
     rows = n * costs.classes
     factors_mb = costs.factor_bytes * (n + n_val) / 2**20
     kernel_flops = 0.5 * rows * rows * costs.pair_flops + ridges * 2.0 * rows**3 / 3 * 2
-    iterations = min(max_iter, PLANNED_ITERATIONS)
-    cg_flops = iterations * costs.product_flops * n
+    product = costs.product_flops * n / rate + 2 * costs.factor_bytes * n / memory_rate()
     vectors_mb = (2 * ridges + 4) * costs.dim * 4 / 2**20
     return {
         "kernel": {"seconds": kernel_flops / rate, "memory_mb": factors_mb + 2 * rows * rows * 8 / 2**20},
-        "cg": {"seconds": cg_flops / rate, "memory_mb": factors_mb + vectors_mb},
-        "cg-streamed": {"seconds": STREAM_FACTOR * cg_flops / rate, "memory_mb": vectors_mb},
+        "cg": {"seconds": max_iter * product, "memory_mb": factors_mb + vectors_mb},
+        "cg-streamed": {"seconds": STREAM_FACTOR * max_iter * product, "memory_mb": vectors_mb},
     }
 
 
@@ -142,7 +152,7 @@ def plan_solver(
         if not fits["kernel"]:
             raise LqfError(
                 f"the kernel route needs about {pred['kernel']['memory_mb']:.0f} MiB for {rows} rows "
-                f"(N*C = {n}*{costs.classes}; limit --kernel-memory-mb {memory_mb:g}): use --solver cg, "
+                f"(N*C = {n}*{costs.classes}; limit --kernel-memory-mb {memory_mb:.0f}): use --solver cg, "
                 "fewer images (--shots) or fewer linearized units (--linearize)"
             )
         return Plan("kernel", "factors", "asked for (--solver kernel)", pred)
@@ -153,7 +163,7 @@ def plan_solver(
     candidates = [name for name in ("kernel", "cg", "cg-streamed") if fits[name]]
     if not candidates:
         raise LqfError(
-            f"no LQF route fits in --kernel-memory-mb {memory_mb:g} for {rows} rows: "
+            f"no LQF route fits in --kernel-memory-mb {memory_mb:.0f} for {rows} rows: "
             f"{describe('cg-streamed')} at least; raise --kernel-memory-mb or linearize fewer units"
         )
     best = min(candidates, key=lambda name: pred[name]["seconds"])
