@@ -17,13 +17,17 @@ Parts (``--parts``, each measured side by side in this one invocation on this ma
   of the materialized-J kernel solution (eigendecomposition, exact) against the new kernel
   route, the new multi-shift CG and the CG of before (``conjugate_gradient`` on jvp/vjp
   products, its defaults then: tol 1e-3, 100 iterations, and run to tol 1e-6).
+* ``before``: ``lqf fit --method lqf`` with its defaults at 10 images per class (seeds 0, 1, 2,
+  all 10,000 test images) by the code before the factored kernel (commit ``BEFORE``, checked
+  out in a temporary git worktree; materialized ``J``, Hutchinson trace) and by today's code:
+  time to a validated model, chosen ridge and test accuracy, side by side.
 * ``passes``: products ``J^T J v`` (each one pass over the factors or the data) that
   multi-shift CG needs for the whole grid against each ridge solved alone, at 25 images per
   class; the kernel route makes one pass (the factors) for any number of ridges.
 
 Usage::
 
-    python benchmarks/lqf_speed.py [--parts time kernel answers passes] [--seeds 0 1 2]
+    python benchmarks/lqf_speed.py [--parts time kernel answers passes before] [--seeds 0 1 2]
         [--shots 10 100 500]
 """
 
@@ -43,6 +47,8 @@ RUNS = os.path.join(HERE, "runs", "speed")
 sys.path.insert(0, HERE)
 from common import ROOT, fit_run, hardware, summarise  # noqa: E402
 
+#: the last commit before the factored tangent kernel
+BEFORE = "fc3e27e9d8b8971a2fd9ac550775c1d5308ca0cd"
 COMMON = [
     "--model",
     "efficientnet_lite0",
@@ -57,7 +63,7 @@ COMMON = [
 
 # ------------------------------------------------------------------------------------------ time
 def part_time(seeds: list[int], shots: list[int]) -> dict:
-    out: dict = {}
+    out: dict = {"seeds": seeds, "shots": shots}
     for k in shots:
         for method in ("linear-probe", "lqf"):
             rows = []
@@ -197,6 +203,40 @@ def part_answers() -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------- before
+def part_before(seeds: list[int]) -> dict:
+    import shutil
+    import tempfile
+
+    tree = tempfile.mkdtemp(prefix="lqf-before-")
+    subprocess.run(["git", "worktree", "add", "--detach", tree, BEFORE], cwd=ROOT, check=True)
+    out: dict = {"commit": BEFORE, "seeds": seeds}
+    try:
+        for label, code in (("before", tree), ("now", ROOT)):
+            rows = []
+            for seed in seeds:
+                run = os.path.join(RUNS, f"{label}-lqf-10-{seed}")
+                if not os.path.isfile(os.path.join(run, "metrics.json")):
+                    shutil.rmtree(run, ignore_errors=True)
+                    flags = [*COMMON[:-2], "--method", "lqf", "--shots", "10", "--seed", str(seed)]
+                    cmd = [sys.executable, "-m", "lqf", "fit", "--quiet", "--out", run, *flags]
+                    env = {**os.environ, "PYTHONPATH": code}
+                    print("$", " ".join(cmd), f"(code: {label})", flush=True)
+                    subprocess.run(cmd, cwd=code, env=env, check=True)
+                with open(os.path.join(run, "metrics.json")) as handle:
+                    rows.append(json.load(handle))
+            out[label] = {
+                "train_seconds": summarise([m["train_seconds"] for m in rows]),
+                "test_accuracy": summarise([m["test_accuracy"] for m in rows]),
+                "ridge_relative": [m["ridge_relative"] for m in rows],
+                "peak_memory_mb": summarise([m["peak_memory_mb"] for m in rows]),
+                "n_test": rows[0]["n_test"],
+            }
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, check=False)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- passes
 def part_passes() -> dict:
     from lqf.linearization.factors import JacobianFactors
@@ -237,13 +277,13 @@ def report(results: dict) -> str:
             "",
             "`train_seconds` of each run (features, solve, ridge choice; no test evaluation); "
             "mean ± std over "
-            f"seeds {results['seeds']}; peak MiB is each run's own process.",
+            f"seeds {t['seeds']}; peak MiB is each run's own process.",
             "",
             "| shots/class | probe s | LQF s | LQF / probe | probe peak MiB | LQF peak MiB "
             "| probe test | LQF test | LQF route |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for k in results["shots"]:
+        for k in t["shots"]:
             p, q, r = t[f"linear-probe@{k}"], t[f"lqf@{k}"], t[f"ratio@{k}"]
             lines.append(
                 f"| {k} | {p['train_seconds']['mean']:.1f} ± {p['train_seconds']['std']:.1f} "
@@ -256,10 +296,10 @@ def report(results: dict) -> str:
         lines += [
             "",
             "Route reasons (seed 0): "
-            + "; ".join(f"{k}: {t[f'lqf@{k}']['solver_reason'][0]}" for k in results["shots"]),
+            + "; ".join(f"{k}: {t[f'lqf@{k}']['solver_reason'][0]}" for k in t["shots"]),
             "",
         ]
-        notes = [n for k in results["shots"] for ns in t[f"lqf@{k}"]["notes"] for n in ns[1:]]
+        notes = [n for k in t["shots"] for ns in t[f"lqf@{k}"]["notes"] for n in ns[1:]]
         if notes:
             lines += ["Notes from the runs: " + "; ".join(sorted(set(notes))), ""]
     if "kernel" in results:
@@ -296,6 +336,26 @@ def report(results: dict) -> str:
                     f"| {name} | {v['max_output_difference']:.1e} | {100 * v['test_accuracy']:.2f} |"
                 )
         lines.append("")
+    if "before" in results:
+        b = results["before"]
+        lines += [
+            f"## Before and now: `lqf fit --method lqf --shots 10` ({b['before']['n_test']} test images)",
+            "",
+            f"Before: commit `{b['commit'][:7]}` (materialized J, Hutchinson trace estimate); "
+            f"now: this code. Mean ± std over seeds {b['seeds']}.",
+            "",
+            "| code | seconds | test accuracy per seed | mean | ridge chosen | peak MiB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label in ("before", "now"):
+            v = b[label]
+            accs = ", ".join(f"{100 * a:.2f}" for a in v["test_accuracy"]["values"])
+            ridges = ", ".join(f"{r:g}" for r in v["ridge_relative"])
+            lines.append(
+                f"| {label} | {v['train_seconds']['mean']:.1f} ± {v['train_seconds']['std']:.1f} | {accs} "
+                f"| {100 * v['test_accuracy']['mean']:.2f} | {ridges} | {v['peak_memory_mb']['mean']:.0f} |"
+            )
+        lines.append("")
     if "passes" in results:
         p = results["passes"]
         lines += [
@@ -313,9 +373,10 @@ def report(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["time", "kernel", "answers", "passes"])
+    parser.add_argument("--parts", nargs="+", default=["time", "kernel", "answers", "passes", "before"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--shots", nargs="+", type=int, default=[10, 100, 500])
+    parser.add_argument("--report", action="store_true", help="rewrite lqf_speed.md from lqf_speed.json")
     parser.add_argument("--one-kernel", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_kernel:
@@ -323,12 +384,15 @@ def main() -> None:
         return
     path = os.path.join(RESULTS, "lqf_speed.json")
     results = json.load(open(path)) if os.path.isfile(path) else {}
+    if args.report:
+        with open(os.path.join(RESULTS, "lqf_speed.md"), "w") as handle:
+            handle.write(report(results))
+        return
     start = time.perf_counter()
     results["hardware"] = hardware()
-    results["seeds"], results["shots"] = args.seeds, args.shots
     results["command"] = "python benchmarks/lqf_speed.py " + " ".join(sys.argv[1:])
     parts = {"time": lambda: part_time(args.seeds, args.shots), "kernel": part_kernel}
-    parts |= {"answers": part_answers, "passes": part_passes}
+    parts |= {"answers": part_answers, "passes": part_passes, "before": lambda: part_before(args.seeds)}
     for part in args.parts:
         print(f"== {part}", flush=True)
         began = time.perf_counter()

@@ -103,6 +103,32 @@ def test_bad_lqf_options_give_one_line(tiny_model_spec, tmp_path, capsys) -> Non
     assert_one_line_error(code, err, "matches no parameter")
     code, _, err = run_cli([*base, "--relinearize", "-1"], capsys)
     assert_one_line_error(code, err, "--relinearize must be >= 0")
+    code, _, err = run_cli([*base, "--kernel-memory-mb", "0"], capsys)
+    assert_one_line_error(code, err, "--kernel-memory-mb must be > 0")
+    code, _, err = run_cli([*base, "--kernel-memory-mb", "1e12"], capsys)
+    assert_one_line_error(code, err, "more than this machine's", "MiB of memory")
+    for flag, value in (("--tol", "0"), ("--max-iter", "0")):
+        code, _, err = run_cli([*base, flag, value], capsys)
+        assert_one_line_error(code, err, f"{flag} must be")
+
+
+def test_a_route_that_cannot_fit_says_so_before_solving_and_leaves_nothing(tiny_model_spec, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["fit", "--model", tiny_model_spec, "--data", "digits", "--method", "lqf", "--quiet", "--out", out]
+    code, _, err = run_cli(
+        [*args, "--image-size", "16", "--solver", "kernel", "--kernel-memory-mb", "0.01"], capsys
+    )
+    assert_one_line_error(
+        code, err, "kernel route needs about", "rows", "--solver cg", "--shots", "--linearize"
+    )
+    assert not out.exists()  # nothing written: the same --out works again
+    code, _, err = run_cli([*args, "--image-size", "16", "--shots", "4"], capsys)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["solver"] == "kernel" and metrics["solver_plan"]["reason"].startswith(
+        "auto: predicted kernel"
+    )
+    assert metrics["notes"][0].startswith("solver kernel: auto")
 
 
 def test_repair_reduces_the_distillation_loss() -> None:

@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="folder for the runs and the report")
     demo.add_argument("--data", default="fashion-mnist")
     demo.add_argument("--model", default="efficientnet_lite0")
-    demo.add_argument("--shots", type=int, default=100, help="training images per class")
+    demo.add_argument(
+        "--shots", type=int, default=10, help="training images per class (default 10: the few-shot regime)"
+    )
     demo.add_argument("--max-test", type=int, default=2000, help="test images")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--seed", type=int, default=0)

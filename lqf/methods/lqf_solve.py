@@ -28,7 +28,7 @@ from lqf.solvers.plan import Costs, Plan, plan_solver
 from lqf.solvers.problem import hutchinson_trace
 from lqf.training.context import FitContext
 from lqf.training.evaluate import accuracy
-from lqf.training.progress import Stage
+from lqf.training.progress import Stage, say
 
 #: inputs per batch when building factors (bounds the temporary memory of the vmapped backward)
 FACTOR_BATCH = 64
@@ -91,15 +91,18 @@ def solve_ridges(
     returns the chosen ridge's record."""
     quiet = ctx.quiet
     train = _jacobian(lin, xtr, plan.storage, "tangent factors (train)", quiet)
-    val = _jacobian(lin, xva, "factors", "tangent factors (val)", quiet) if xva is not None else None
-    messages: list[str] = []
+    # validation needs only J_val dw per ridge: jvp passes (no factors, no backward pass)
+    val = _jacobian(lin, xva, "streamed", "validation outputs", quiet) if xva is not None else None
     if plan.route == "kernel":
-        stage = Stage("tangent kernel", 1.0, quiet=quiet, unit="")
+        stage = Stage(f"tangent kernel ({train.n * train.classes} rows)", 1.0, quiet=quiet, unit="")
+
+        def line(text: str) -> None:  # the kernel is done once the first ridge speaks
+            stage.close()
+            say(text, quiet=quiet)
+
         result = solve_grid(
-            lin, train, targets, val, yva, ridges, route="kernel", on_kernel=stage.set, say=messages.append
+            lin, train, targets, val, yva, ridges, route="kernel", on_kernel=stage.set, say=line
         )
-        stage.note(messages[-1] if messages else "")
-        stage.close()
     else:
         stage = Stage(f"multi-shift cg ({len(ridges)} ridges)", options.max_iter, quiet=quiet, unit="it")
 

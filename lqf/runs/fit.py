@@ -148,13 +148,19 @@ def fit(
         model.reset_head(len(data.classes), generator=head_rng)
     set_head(model, config.head, seed=config.seed)
     # the run directory is made only once data and model are known to load
+    fresh = bool(out) and not os.path.exists(out)
     run = RunDirectory(out) if out else None
     if run is not None:
         run.write_config(config, options)
     ctx = FitContext(config=config, run=run, quiet=quiet, resume=resume)
     method = method_cls(options)
     start = time.perf_counter()
-    trained = method.fit(model, data, ctx)
+    try:
+        trained = method.fit(model, data, ctx)
+    except LqfError:
+        if run is not None and not resume:
+            _discard(run, fresh)
+        raise
     if trained is not None:
         model = trained
     # wall time of this process plus the epochs a resumed run had already done
@@ -185,6 +191,18 @@ def fit(
 
         plot_learning_curve(ctx.history, run.file("learning_curve.png"), title=_title(config))
     return FitResult(model=model, metrics=metrics, history=list(ctx.history), run=run)
+
+
+def _discard(run: RunDirectory, fresh: bool) -> None:
+    """Undo a run that stopped on a user error before its first checkpoint: nothing is left
+    (an interrupted or diverged run with a checkpoint keeps it, to resume or inspect)."""
+    if run.has("checkpoint.pt"):
+        return
+    for name in ("config.json", "log.jsonl"):
+        if run.has(name):
+            os.remove(run.file(name))
+    if fresh and not os.listdir(run.path):
+        os.rmdir(run.path)
 
 
 def _last(history: list[dict[str, Any]], key: str) -> Any:

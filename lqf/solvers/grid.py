@@ -208,7 +208,6 @@ def shifted_solve(kernel: torch.Tensor, r: torch.Tensor, shift: float) -> tuple[
 
 def _kernel_route(train, residual, rel, scale, metric, minv, on_kernel, say):
     n, c = train.n, train.classes
-    say(f"tangent kernel: {n * c} x {n * c} from the factored Jacobian")
     kernel = tangent_kernel(train, metric=metric, on_block=on_kernel)
     r = residual.reshape(-1)
     solutions = []
@@ -219,7 +218,7 @@ def _kernel_route(train, residual, rel, scale, metric, minv, on_kernel, say):
         solutions.append(
             (dw, {"converged": res <= DUAL_ACCEPT, "residual": res, "iterations": None, "solve": how})
         )
-        say(f"ridge {value:g}: solved (dual residual {res:.1e})")
+        say(f"ridge {value:g}: {how}, dual residual {res:.1e}")
     return solutions, {"kernel_rows": n * c, "factorizations": len(rel)}
 
 

@@ -71,6 +71,7 @@ class Stage:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+            self.quiet = True
             return
         seconds = time.perf_counter() - self.start
         size = ""
@@ -90,6 +91,18 @@ class Stage:
             self.close()
         elif self.bar is not None:
             self.bar.close()
+
+
+def say(text: str, *, quiet: bool = False) -> None:
+    """One line of progress on standard error (above a running bar, if there is one)."""
+    if quiet:
+        return
+    if _bars():
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def progress(
