@@ -1,4 +1,5 @@
-"""``lqf`` command line: ``fit``, ``evaluate``, ``predict``, ``compare``, ``demo``, ``prune``, ``list``.
+"""``lqf`` command line: ``fit``, ``evaluate``, ``predict``, ``compare``, ``demo``, ``prune``,
+``explain``, ``forget``, ``list``, ``theory``.
 
 ``main(argv) -> int`` parses, dispatches to one small function per
 subcommand, and turns every :class:`~lqf.errors.LqfError` into one line on
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     from lqf.cli.prune import add_prune_parser
 
     add_prune_parser(sub)
+
+    from lqf.cli.explain import add_explain_parsers
+
+    add_explain_parsers(sub)
 
     ls = sub.add_parser("list", help="list models, data sets and methods")
     ls.set_defaults(func=commands.cmd_list)

@@ -290,7 +290,8 @@ class JacobianFactors:
         u = u.to(self.dtype)
         for site, block in zip(self.sites, blocks, strict=True):
             if block[0] == DENSE:
-                flat = torch.einsum("bcp,bc->p", block[1], u)
+                d = block[1]
+                flat = d.reshape(-1, d.shape[2]).T @ u.reshape(-1)  # a matrix-vector product, no temporary
                 idx = site.tensors
                 for i, piece in zip(idx, torch.split(flat, [self.sizes[i] for i in idx]), strict=True):
                     out[i] = piece.reshape(self.shapes[i])
@@ -332,7 +333,10 @@ class JacobianFactors:
         inv = self.site_metric(metric)
         for k, block in enumerate(self.blocks):
             if block[0] == DENSE:
-                out += (block[1].pow(2) * self.dense_scale(k, metric)).sum(2).double()
+                scale = self.dense_scale(k, metric)
+                for lo in range(0, self.n, 256):  # row chunks: no temporary the size of the rows
+                    rows = block[1][lo : lo + 256]
+                    out[lo : lo + 256] += (rows * rows * scale).sum(2).double()
                 continue
             _, a, g = block
             inv_w, inv_b = inv[k]
