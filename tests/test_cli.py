@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lqf.cli.main import main
+from lqf.reports.compare import METRICS
 
 from .conftest import write_image_folder
 
@@ -158,7 +159,9 @@ def test_predict_and_evaluate_bad_paths(tiny_model_spec, tmp_path, capsys) -> No
     code, _, err = run_cli(
         ["evaluate", out, "--data", f"imagefolder:{write_image_folder(tmp_path / 'f')}"], capsys
     )
-    assert_one_line_error(code, err, "has 3 classes", "trained on 10")
+    assert_one_line_error(
+        code, err, "has the classes class_0, class_1, class_2", "trained on 0, 1, 2, 3", "same classes"
+    )
     code, _, err = run_cli(["fit", "--resume", tmp_path], capsys)
     assert_one_line_error(code, err, "not a run directory")
 
@@ -197,6 +200,13 @@ def test_compare_shows_metrics_and_differing_settings(tiny_model_spec, tmp_path,
     accuracy = json.loads((a / "metrics.json").read_text())["test_accuracy"]
     assert row_a.split()[0] == str(a) and row_a.split()[2] == f"{accuracy:.4f}" and row_a.split()[-1] == "1"
     assert row_b.split()[-1] == "2"
+    # a run of another method adds no column for its options: only run settings that differ
+    c = tmp_path / "c"
+    args = _fit_args(tiny_model_spec, "digits", c, "--shots", "3", "--method", "lqf", "--seed", "1")
+    assert run_cli(args, capsys)[0] == 0
+    code, out, _ = run_cli(["compare", a, b, c], capsys)
+    header = out.strip().splitlines()[0].split()
+    assert header == ["run", *METRICS, "seed"], header
     (b / "metrics.json").unlink()
     code, _, err = run_cli(["compare", a, b], capsys)
     assert_one_line_error(code, err, "not finished", "--resume")

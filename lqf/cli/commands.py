@@ -86,12 +86,13 @@ def print_summary(metrics: dict, out: str | None) -> None:
         f"  test accuracy {fmt(m['test_accuracy'])}    val accuracy {fmt(m['val_accuracy'])}",
         f"  train time    {m['train_seconds']:.1f} s    peak memory {m['peak_memory_mb']:.0f} MiB",
     ]
+    from lqf.runs.evaluation import summary_lines
+
+    lines += summary_lines(m)
     lines += [f"  note          {note}" for note in m.get("notes", [])]
     if out:
-        lines.append(
-            f"  run directory {out}  (config.json, metrics.json, log.jsonl, "
-            "model.safetensors, learning_curve.png)"
-        )
+        names = [n for n in sorted(os.listdir(out)) if not n.startswith(".")] if os.path.isdir(out) else []
+        lines.append(f"  run directory {out}  ({', '.join(names)})")
     _say("\n".join(lines))
 
 
@@ -100,37 +101,54 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lqf.data import load_data
     from lqf.io import write_json
     from lqf.runs.device import check_device, usable
+    from lqf.runs.evaluation import summary_lines, test_report
     from lqf.runs.fit import load_run
-    from lqf.training import evaluate
 
     if args.device:
         check_device(args.device)
+    if args.max_test is not None and args.full_test:
+        raise LqfError("--max-test and --full-test contradict each other; give one")
+    if args.max_test is not None and args.max_test < 1:
+        raise LqfError(f"--max-test must be >= 1, got {args.max_test}")
     config, _, model, info = load_run(args.run_dir)
     spec = args.data or config.data
-    data = load_data(
-        spec, image_size=config.image_size, shots=1, val_per_class=0, seed=config.seed, max_test=args.max_test
+    # the run's own test images unless asked otherwise: its --max-test subset on its data set
+    max_test = (
+        None if args.full_test else (args.max_test or (config.max_test if spec == config.data else None))
     )
-    if len(data.classes) != info["num_classes"]:
+    data = load_data(
+        spec, image_size=config.image_size, shots=1, val_per_class=0, seed=config.seed, max_test=max_test
+    )
+    classes = info.get("classes") or []
+    if len(data.classes) != info["num_classes"] or (classes and list(data.classes) != list(classes)):
         raise LqfError(
-            f"{spec!r} has {len(data.classes)} classes but the model in {args.run_dir!r} was trained on "
-            f"{info['num_classes']}; evaluate on a data set with the same classes"
+            f"{spec!r} has the classes {_few(data.classes)} but the model in {args.run_dir!r} was trained on "
+            f"{_few(classes) if classes else str(info['num_classes']) + ' classes'}; "
+            "evaluate on a data set with the same classes in the same order"
         )
     # a run trained on a GPU is evaluated on the CPU of a machine without one
     device = args.device or (config.device if usable(config.device) else "cpu")
-    result = evaluate(model, data.test, batch_size=args.batch_size, device=device, quiet=args.quiet)
-    report = {
-        "data": spec,
-        "n_test": len(data.test),
-        "test_accuracy": result["accuracy"],
-        "test_loss": result["loss"],
-    }
-    name = "evaluation-" + spec.replace(":", "-").replace("/", "_").strip("-_.") + ".json"
+    result, _ = test_report(
+        model, data.test, data.classes, batch_size=args.batch_size, device=device, quiet=args.quiet
+    )
+    which = "all test images" if max_test is None else f"a fixed stratified subset of {max_test}"
+    if spec == config.data and max_test == config.max_test:
+        which += " (the run's own test images)"
+    report = {"data": spec, "n_test": len(data.test), "max_test": max_test, "test_images": which, **result}
+    suffix = "" if max_test == (config.max_test if spec == config.data else None) else f"-{len(data.test)}"
+    name = "evaluation-" + spec.replace(":", "-").replace("/", "_").strip("-_.") + suffix + ".json"
     write_json(os.path.join(args.run_dir, name), report)
     _say(
-        f"{args.run_dir}: {spec} test accuracy {result['accuracy']:.4f} on {len(data.test)} images "
-        f"(written to {name})"
+        f"{args.run_dir}: {spec} test accuracy {result['test_accuracy']:.4f} on {len(data.test)} images, "
+        f"{which} (written to {name})"
     )
+    _say("\n".join(summary_lines(report)))
     return 0
+
+
+def _few(names) -> str:
+    names = list(names)
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
 
 # -- predict ----------------------------------------------------------------------

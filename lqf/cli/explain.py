@@ -119,7 +119,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from lqf.explain.runs import forget_run, read_indices
+    from lqf.explain.forget import forget_run
+    from lqf.explain.runs import read_indices
 
     indices = read_indices(args.indices)
     if os.path.isfile(os.path.join(args.out, "config.json")):

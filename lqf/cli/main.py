@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a run's model on a test split")
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("--data", help="another data set with the same classes (default: the run's)")
-    ev.add_argument("--max-test", type=int, help="evaluate on a stratified subset of this size")
+    ev.add_argument(
+        "--max-test", type=int, help="evaluate on a stratified subset of this size (default: the run's own)"
+    )
+    ev.add_argument("--full-test", action="store_true", help="evaluate on every test image")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--device", help="torch device (default: the run's where this machine has it, else cpu)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")

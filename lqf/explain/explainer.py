@@ -35,25 +35,11 @@ from torch import nn
 
 from lqf.errors import LqfError
 from lqf.explain.ridge import DualRidge, PrimalRidge, ProbeRidge
+from lqf.explain.runs import linear_kind
 from lqf.heads.fixed import FixedClassifier
 from lqf.linearization.factors import JacobianFactors
 from lqf.solvers.ridge import mean_eigenvalue
 from lqf.training.evaluate import apply
-
-LINEAR = "--method lqf (squared loss) or --method linear-probe (--probe ridge)"
-
-
-def linear_kind(method: str, options: Any) -> str:
-    """``lqf``, ``probe`` or ``fixed-probe``; one line naming the linear methods otherwise."""
-    if method == "lqf" and getattr(options, "lqf_loss", "mse") == "mse":
-        return "lqf"
-    if method == "linear-probe" and getattr(options, "probe", "ridge") == "ridge":
-        return "probe"
-    what = method + (f" with --lqf-loss {options.lqf_loss}" if method == "lqf" else "")
-    what += f" with --probe {options.probe}" if method == "linear-probe" else ""
-    raise LqfError(
-        f"exact explanations need a model fitted by ridge regression: {LINEAR}; this run is {what}"
-    )
 
 
 def _flat(ts) -> torch.Tensor:

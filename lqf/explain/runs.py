@@ -1,7 +1,8 @@
 """Run directories for explanations: a linear run with its training split, and forgotten runs.
 
-``lqf forget RUN --indices FILE --out NEW`` writes an ordinary run directory whose model is the
-one retraining without those training images gives, plus ``forget.json``: the run it came from
+``lqf forget RUN --indices FILE --out NEW`` (:mod:`lqf.explain.forget`) writes an ordinary run
+directory whose model is the one retraining without those training images gives, plus
+``forget.json``: the run it came from
 and the positions, in the original training split, of every image removed so far (a forgotten
 run can be forgotten again). Loading a run rebuilds its training split from its settings and
 drops those positions, so ``lqf evaluate``, ``predict``, ``explain`` and ``forget`` all see the
@@ -11,16 +12,30 @@ images the model now stands for.
 from __future__ import annotations
 
 import os
-import shutil
-import time
 from typing import Any
 
 import torch
 
 from lqf.errors import LqfError
-from lqf.io import read_json, write_json
+from lqf.io import read_json
 
 FORGET = "forget.json"
+
+
+LINEAR = "--method lqf (squared loss) or --method linear-probe (--probe ridge)"
+
+
+def linear_kind(method: str, options: Any) -> str:
+    """``lqf``, ``probe`` or ``fixed-probe``; one line naming the linear methods otherwise."""
+    if method == "lqf" and getattr(options, "lqf_loss", "mse") == "mse":
+        return "lqf"
+    if method == "linear-probe" and getattr(options, "probe", "ridge") == "ridge":
+        return "probe"
+    what = method + (f" with --lqf-loss {options.lqf_loss}" if method == "lqf" else "")
+    what += f" with --probe {options.probe}" if method == "linear-probe" else ""
+    raise LqfError(
+        f"exact explanations need a model fitted by ridge regression: {LINEAR}; this run is {what}"
+    )
 
 
 def training_split(run, config):
@@ -43,7 +58,6 @@ def training_split(run, config):
 
 def load_linear_run(path: str):
     """``(model, train, config, options, metrics)`` of a finished linear run (one line otherwise)."""
-    from lqf.explain.explainer import linear_kind
     from lqf.runs import RunDirectory
     from lqf.runs.fit import load_run
 
@@ -81,53 +95,3 @@ def read_indices(path: str) -> list[int]:
     if not values:
         raise LqfError(f"index file {path!r} holds no index")
     return values
-
-
-def forget_run(path: str, indices: list[int], out: str, *, quiet: bool = True) -> dict[str, Any]:
-    """Write ``out``: the run ``path`` with the training images ``indices`` forgotten; returns its metrics."""
-    from lqf.explain.explainer import Explainer
-    from lqf.runs import RunDirectory
-    from lqf.training import evaluate
-
-    if os.path.isfile(os.path.join(out, "config.json")):
-        raise LqfError(f"{out!r} already holds a run; choose another --out")
-    if os.path.abspath(out) == os.path.abspath(path):
-        raise LqfError("--out must be a new directory, not the run being forgotten")
-    source = RunDirectory.existing(path)
-    start = time.perf_counter()
-    ex = Explainer.from_run(path)
-    idx = ex.check_forget(indices)
-    built = time.perf_counter() - start
-    start = time.perf_counter()
-    model = ex.forget(idx)
-    seconds = time.perf_counter() - start
-    config = ex.config
-    data, _, removed = training_split(source, config)
-    still = [i for i in range(len(data.train)) if i not in set(removed)]  # positions of the current images
-    removed_now = sorted(set(removed) | {still[i] for i in idx})
-    fresh = not os.path.exists(out)
-    run = RunDirectory(out)
-    try:
-        shutil.copyfile(source.file("config.json"), run.file("config.json"))
-        write_json(run.file(FORGET), {"from": os.path.abspath(path), "removed": removed_now, "indices": idx})
-        run.save_model(model, {**read_json(source.file("model.json"))})
-        test = evaluate(model, data.test, batch_size=256, device=config.device, quiet=quiet)
-        val = evaluate(model, data.val, batch_size=256, device=config.device)
-        metrics = {
-            **source.read_metrics(),
-            "n_train": len(still) - len(idx),
-            "test_accuracy": test["accuracy"],
-            "test_loss": test["loss"],
-            "val_accuracy": val["accuracy"] if len(data.val) else None,
-            "forgotten": len(removed_now),
-            "forgotten_from": os.path.abspath(path),
-            "forget_seconds": seconds,
-            "forget_setup_seconds": built,
-            "explain_consistency": ex.consistency,
-        }
-        run.write_metrics(metrics)
-    except BaseException:
-        if fresh:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    return metrics

@@ -120,7 +120,6 @@ def fit(
         ``peak_memory_mb`` ...), the per-epoch history and the run directory.
     """
     from lqf.data import load_data
-    from lqf.training import evaluate
 
     method_cls = get_method(config.method)
     if options is None:
@@ -166,8 +165,15 @@ def fit(
     # wall time of this process plus the epochs a resumed run had already done
     train_seconds = time.perf_counter() - start + ctx.resumed_seconds
     model.eval()
-    test = evaluate(
-        model, data.test, batch_size=max(256, config.batch_size), device=config.device, quiet=quiet
+    from lqf.runs.evaluation import test_report, write_plots
+
+    test, logits = test_report(
+        model,
+        data.test,
+        data.classes,
+        batch_size=max(256, config.batch_size),
+        device=config.device,
+        quiet=quiet,
     )
     metrics: dict[str, Any] = {
         "method": config.method,
@@ -176,20 +182,23 @@ def fit(
         **{k: v for k, v in data.summary().items() if k != "data"},
         "shots": config.shots,
         "seed": config.seed,
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
+        "test_accuracy": test["test_accuracy"],
+        "test_loss": test["test_loss"],
         "val_accuracy": _last(ctx.history, "val_accuracy"),
         "train_seconds": train_seconds,
         "peak_memory_mb": peak_memory_mb(config.device),
         "epochs_run": len(ctx.history),
+        **{k: v for k, v in test.items() if k not in ("test_accuracy", "test_loss")},
         **ctx.extra,
     }
     if run is not None:
         run.save_model(model, model_info(model, config, data.classes))
         run.write_metrics(metrics)
-        from lqf.reports.plots import plot_learning_curve
+        write_plots(run.path, metrics, logits, data.test.labels, data.classes, _title(config))
+        if len(ctx.history) > 1:  # a one-point curve says nothing
+            from lqf.reports.plots import plot_learning_curve
 
-        plot_learning_curve(ctx.history, run.file("learning_curve.png"), title=_title(config))
+            plot_learning_curve(ctx.history, run.file("learning_curve.png"), title=_title(config))
     return FitResult(model=model, metrics=metrics, history=list(ctx.history), run=run)
 
 

@@ -1,0 +1,62 @@
+"""``lqf forget``: a new run directory whose model never saw the listed training images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+from lqf.errors import LqfError
+from lqf.explain.explainer import Explainer
+from lqf.explain.runs import FORGET, training_split
+from lqf.io import read_json, write_json
+
+
+def forget_run(path: str, indices: list[int], out: str, *, quiet: bool = True) -> dict[str, Any]:
+    """Write ``out``: the run ``path`` with the training images ``indices`` forgotten; returns its metrics."""
+    from lqf.runs import RunDirectory
+    from lqf.training import evaluate
+
+    if os.path.isfile(os.path.join(out, "config.json")):
+        raise LqfError(f"{out!r} already holds a run; choose another --out")
+    if os.path.abspath(out) == os.path.abspath(path):
+        raise LqfError("--out must be a new directory, not the run being forgotten")
+    source = RunDirectory.existing(path)
+    start = time.perf_counter()
+    ex = Explainer.from_run(path)
+    idx = ex.check_forget(indices)
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    model = ex.forget(idx)
+    seconds = time.perf_counter() - start
+    config = ex.config
+    data, _, removed = training_split(source, config)
+    still = [i for i in range(len(data.train)) if i not in set(removed)]  # positions of the current images
+    removed_now = sorted(set(removed) | {still[i] for i in idx})
+    fresh = not os.path.exists(out)
+    run = RunDirectory(out)
+    try:
+        shutil.copyfile(source.file("config.json"), run.file("config.json"))
+        write_json(run.file(FORGET), {"from": os.path.abspath(path), "removed": removed_now, "indices": idx})
+        run.save_model(model, {**read_json(source.file("model.json"))})
+        test = evaluate(model, data.test, batch_size=256, device=config.device, quiet=quiet)
+        val = evaluate(model, data.val, batch_size=256, device=config.device)
+        metrics = {
+            **source.read_metrics(),
+            "n_train": len(still) - len(idx),
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            "val_accuracy": val["accuracy"] if len(data.val) else None,
+            "forgotten": len(removed_now),
+            "forgotten_from": os.path.abspath(path),
+            "forget_seconds": seconds,
+            "forget_setup_seconds": built,
+            "explain_consistency": ex.consistency,
+        }
+        run.write_metrics(metrics)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return metrics
