@@ -74,10 +74,47 @@ class FitConfig:
                 self.max_test is not None and self.max_test < 1,
                 f"--max-test must be >= 1, got {self.max_test}",
             ),
+            (self.threads is not None and self.threads < 1, f"--threads must be >= 1, got {self.threads}"),
         ]
         for failed, message in checks:
             if failed:
                 raise LqfError(message)
+        if self.threads is not None:
+            from lqf.resources import cpu_cores
+
+            cores = cpu_cores()
+            if self.threads > cores:
+                raise LqfError(
+                    f"--threads {self.threads} is more than this machine's {cores} CPU cores; "
+                    f"give at most {cores}, or leave it out"
+                )
+
+
+def _check_type(name: str, annotation: Any, value: Any, source: str) -> Any:
+    """``value`` if it fits the field's type (an int is a float too), else one clear line."""
+    text = str(annotation)
+    optional = "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise LqfError(f"{source}: {name} cannot be null; give a value or leave it out")
+    if "bool" in text:
+        ok = isinstance(value, bool)
+        kind = "true or false"
+    elif "float" in text:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        kind = "a number"
+        value = float(value) if ok else value
+    elif "int" in text:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        kind = "a whole number"
+    else:
+        ok = isinstance(value, str)
+        kind = "a string"
+    if not ok:
+        null = " (or null)" if optional else ""
+        raise LqfError(f"{source}: {name} must be {kind}{null}, got {value!r}")
+    return value
 
 
 def from_dict(cls: type, values: dict[str, Any], *, source: str) -> Any:
@@ -88,7 +125,8 @@ def from_dict(cls: type, values: dict[str, Any], *, source: str) -> Any:
         raise LqfError(
             f"unknown setting(s) {', '.join(unknown)} in {source}; valid: {', '.join(sorted(names))}"
         )
-    return cls(**values)
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    return cls(**{k: _check_type(k, types[k], v, source) for k, v in values.items()})
 
 
 def read_config_file(path: str) -> dict[str, Any]:

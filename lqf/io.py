@@ -2,7 +2,8 @@
 
 Each writer writes to a temporary file in the destination folder, flushes it
 to disk and renames it over the destination (``os.replace`` is atomic on
-POSIX and Windows).
+POSIX and Windows). The file gets the permissions a plain ``open`` would give it (``0o666``
+less the process's umask), not the owner-only ones of a temporary file.
 """
 
 from __future__ import annotations
@@ -24,11 +25,18 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str, text: str) -> None:

@@ -141,7 +141,10 @@ def test_bad_image_folder_names_the_culprit(make_folder, fragment, tiny_model_sp
 def test_nan_loss_gives_one_line(tiny_model_spec, tmp_path, capsys) -> None:
     extra = ("--shots", "5", "--epochs", "2", "--lr", "1e30", "--optimizer", "sgd")
     code, _, err = run_cli(_fit_args(tiny_model_spec, "digits", tmp_path / "run", *extra), capsys)
-    assert_one_line_error(code, err, "loss became", "--lr")
+    assert_one_line_error(code, err, "--lr must be in (0, 10]")  # refused before training
+    extra = ("--shots", "5", "--epochs", "2", "--method", "lqf", "--solver", "sgd", "--lqf-lr", "1e12")
+    code, _, err = run_cli(_fit_args(tiny_model_spec, "digits", tmp_path / "lqf", *extra), capsys)
+    assert_one_line_error(code, err, "training loss", "--lqf-lr")
 
 
 def test_predict_and_evaluate_bad_paths(tiny_model_spec, tmp_path, capsys) -> None:

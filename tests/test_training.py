@@ -126,8 +126,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_spec: str, tmp
 
 
 def test_huge_learning_rate_gives_non_finite_error(tiny_model_spec: str) -> None:
+    options = FinetuneOptions(optimizer="sgd")
+    options.lr = 1e30  # past the flag's bound (which refuses it up front): the loop's own guard
     with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
-        fit(_config(tiny_model_spec, epochs=2), FinetuneOptions(lr=1e30, optimizer="sgd"), quiet=True)
+        fit(_config(tiny_model_spec, epochs=2), options, quiet=True)
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path) -> None:
@@ -137,6 +139,19 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path) -> None:
         write_json(str(path), {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp file left behind
+
+
+def test_written_files_get_the_users_usual_permissions(tmp_path) -> None:
+    """0o666 less the umask, as a plain open() gives, not a temporary file's owner-only 0o600."""
+    old = os.umask(0o022)
+    try:
+        write_json(str(tmp_path / "a.json"), {"a": 1})
+        os.umask(0o077)
+        write_json(str(tmp_path / "b.json"), {"b": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_run_directory_contents(tiny_model_spec: str, tmp_path) -> None:

@@ -48,7 +48,43 @@ def resolve_fit_settings(args: argparse.Namespace):
     run_settings, opt_settings = split_settings(settings, FitConfig, method_cls)
     config = from_dict(FitConfig, run_settings, source=args.config or "the command line")
     options = from_dict(method_cls.Options, opt_settings, source=args.config or "the command line")
+    if method_cls.name == "finetune":
+        if getattr(options, "optimizer", None) == "adamw" and "momentum" in flags:
+            raise LqfError("--momentum applies to --optimizer sgd only; drop it, or add --optimizer sgd")
+        if options.warmup_epochs >= config.epochs:
+            raise LqfError(
+                f"--warmup-epochs {options.warmup_epochs:g} leaves no epoch after the warm-up of "
+                f"--epochs {config.epochs}; give fewer warm-up epochs or more epochs"
+            )
     return config, options, out
+
+
+def check_out(out: str) -> None:
+    """``--out`` must be a folder this process can create or write into (checked before any work,
+    by creating it and what is missing above it, then removing what it created)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise LqfError(f"--out {out!r} is a file, not a folder; give a folder for the run")
+    made = []
+    path = os.path.abspath(out)
+    while not os.path.exists(path):
+        made.append(path)
+        path = os.path.dirname(path)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".lqf-write-check")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise LqfError(
+            f"--out {out!r} cannot be written here ({err.strerror}); give a folder you can write"
+        ) from None
+    finally:
+        for folder in made:  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -60,6 +96,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     elif not args.resume and os.path.isfile(os.path.join(out, "config.json")):
         raise LqfError(
             f"{out!r} already holds a run; choose another --out, or continue it with: lqf fit --resume {out}"
+        )
+    check_out(out)
+    if args.resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
+        _say(
+            f"lqf fit: {out} has no checkpoint yet (it stopped before its first epoch ended): "
+            "starting it over with its saved settings"
         )
     args.active_run = out
     _say(
@@ -171,6 +213,25 @@ def load_image(path: str, size: int):
     return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_paths(given: list[str]) -> list[str]:
+    """The image files named, a folder standing for the image files directly inside it."""
+    out = []
+    for path in given:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES)
+            )
+            if not found:
+                raise LqfError(f"folder {path!r} holds no image file ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
@@ -179,7 +240,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise LqfError(f"--top-k must be >= 1, got {args.top_k}")
     config, _, model, info = load_run(args.run_dir)
-    x = torch.stack([load_image(p, config.image_size) for p in args.images])
+    paths = image_paths(args.images)
+    x = torch.stack([load_image(p, config.image_size) for p in paths])
     with torch.no_grad():
         probs = model(x).softmax(dim=1)
     k = min(args.top_k, probs.shape[1])
@@ -193,7 +255,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 for p, i in zip(top.values[n].tolist(), top.indices[n].tolist(), strict=True)
             ],
         }
-        for n, path in enumerate(args.images)
+        for n, path in enumerate(paths)
     ]
     if args.json:
         json.dump(out, sys.stdout, indent=2)

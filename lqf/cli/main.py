@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify image files with a run's model")
     pr.add_argument("run_dir", metavar="RUN_DIR")
-    pr.add_argument("images", metavar="IMAGE", nargs="+")
+    pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of them")
     pr.add_argument("--top-k", type=int, default=3, help="classes to show per image")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pr.set_defaults(func=commands.cmd_predict)

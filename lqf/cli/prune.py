@@ -81,6 +81,12 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, str | None, str]:
         saved = read_json(src.file("config.json"))
         if "prune_options" in saved:
             raise LqfError(f"--from {args.source!r} is a prune run; pass the fine-tuned run it came from")
+        method = saved.get("run", {}).get("method")
+        if method != "finetune":
+            raise LqfError(
+                f"--from {args.source!r} is a {method} run; Fine-Pruning prunes a fine-tuned network: "
+                "pass a run of --method finetune (or leave --from out to fine-tune first)"
+            )
         base = dict(saved["run"])
         for name, value in run_flags.items():
             if name not in FREE_SETTINGS and value != base.get(name):

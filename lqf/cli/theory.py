@@ -45,7 +45,12 @@ def add_theory_parser(sub: argparse._SubParsersAction) -> None:
     risk.add_argument("--target-norm", type=float, default=1.0, help="||theta_T||")
     risk.add_argument("--noise", type=float, default=0.0, help="label noise standard deviation")
     risk.add_argument("--spectrum", type=float, default=0.0, help="eigenvalue decay exponent of Sigma")
-    risk.add_argument("--depth", type=int, default=1, help="also a deep linear net of this depth (>1)")
+    risk.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="also a deep linear net of this depth (at least 2; default: none)",
+    )
     risk.add_argument("--draws", type=int, default=1000, help="Monte Carlo draws")
     risk.add_argument("--seed", type=int, default=0)
     risk.set_defaults(func=cmd_theory_risk)
@@ -89,6 +94,9 @@ def cmd_theory_figure(args: argparse.Namespace) -> int:
     if not args.name:
         raise LqfError(f"give a figure name or 'all'; valid: {', '.join(figures())}")
     names = list(figures()) if args.name == "all" else [get_figure(args.name).name]
+    from lqf.cli.commands import check_out
+
+    check_out(args.out)  # before minutes of computing
     for name in names:
         done = make_figure(name, args.out)
         print(f"{name}: {done['png']}, {done['csv']} ({done['seconds']:.1f} s)", flush=True)
@@ -108,9 +116,14 @@ def cmd_theory_risk(args: argparse.Namespace) -> int:
         similarity_measure,
     )
 
-    for flag in ("d", "n", "draws", "depth"):
+    for flag in ("d", "n", "draws"):
         if getattr(args, flag) <= 0:
             raise LqfError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if args.depth is not None and args.depth < 2:
+        raise LqfError(
+            f"--depth must be at least 2 (a deep linear net), got {args.depth}; leave it out for none"
+        )
+    args.depth = args.depth or 1
     for flag in ("dist", "target_norm", "noise"):
         if getattr(args, flag) < 0:
             raise LqfError(f"--{flag.replace('_', '-')} must be non-negative, got {getattr(args, flag)}")

@@ -23,6 +23,8 @@ from lqf.methods.base import FitContext, Method, register_method
 from lqf.training import train_epochs
 
 _UNFREEZE = re.compile(r"^(all|head|last-(\d+))$")
+#: no optimizer here makes sense above this peak learning rate (AdamW steps are about lr in size)
+MAX_LR = 10.0
 
 
 @dataclass
@@ -45,8 +47,14 @@ class FinetuneOptions:
     def __post_init__(self) -> None:
         if not _UNFREEZE.match(self.unfreeze):
             raise LqfError(f"--unfreeze must be all, head or last-K (e.g. last-3), got {self.unfreeze!r}")
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise LqfError(f"--lr must be a positive number, got {self.lr}")
+        if self.lr <= 0 or not math.isfinite(self.lr) or self.lr > MAX_LR:
+            raise LqfError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr:g}")
+        if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
+            raise LqfError(f"--weight-decay must be >= 0, got {self.weight_decay:g}")
+        if not 0 <= self.momentum < 1:
+            raise LqfError(f"--momentum must be in [0, 1), got {self.momentum:g}")
+        if self.head_lr_scale <= 0:
+            raise LqfError(f"--head-lr-scale must be > 0, got {self.head_lr_scale:g}")
         if not 0 <= self.label_smoothing < 1:
             raise LqfError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_epochs < 0:

@@ -105,7 +105,7 @@ def plot_reliability(
     ax_count.set_xlabel("confidence (top probability)")
     ax_count.set_ylabel("share")
     ax_count.set_xlim(0, 1)
-    ax.set_title(title + (f"  (ECE {ece:.3f})" if ece is not None else ""), fontsize=9)
+    ax.set_title(title + (f"\nECE {ece:.3f}" if ece is not None else ""), fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

@@ -10,6 +10,7 @@ This is what ``lqf fit`` calls; it is also the Python entry point::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import resource
@@ -101,6 +102,7 @@ def fit(
     quiet: bool = False,
     resume: bool = False,
     model: TransferModel | None = None,
+    data: Any | None = None,
 ) -> FitResult:
     """Train ``config.method`` on ``config.data`` from ``config.model``.
 
@@ -114,6 +116,8 @@ def fit(
             instead of building ``config.model``; it gets a fresh head for the
             data's classes. Its run directory cannot be re-opened by
             ``lqf evaluate`` unless ``config.model`` describes it.
+        data: train on these splits (a :class:`~lqf.data.DataSplits`, e.g. with labels of your
+            own) instead of loading ``config.data``; likewise not re-opened by ``lqf evaluate``.
 
     Returns:
         The trained model, ``metrics`` (``test_accuracy``, ``train_seconds``,
@@ -132,14 +136,22 @@ def fit(
     seed_everything(config.seed)
     reset_peak_memory(config.device)
 
-    data = load_data(
-        config.data,
-        image_size=config.image_size,
-        shots=config.shots,
-        val_per_class=config.val_per_class,
-        seed=config.seed,
-        max_test=config.max_test,
-    )
+    if data is None:
+        data = load_data(
+            config.data,
+            image_size=config.image_size,
+            shots=config.shots,
+            val_per_class=config.val_per_class,
+            seed=config.seed,
+            max_test=config.max_test,
+        )
+    notes = []
+    if config.batch_size > len(data.train):
+        notes.append(
+            f"--batch-size {config.batch_size} is more than the {len(data.train)} training images: "
+            f"batches of {len(data.train)} (the whole set) instead"
+        )
+        config = dataclasses.replace(config, batch_size=len(data.train))
     head_rng = torch.Generator().manual_seed(config.seed)
     if model is None:
         model = build_model(config.model, len(data.classes), pretrained=config.pretrained, generator=head_rng)
@@ -152,6 +164,8 @@ def fit(
     if run is not None:
         run.write_config(config, options)
     ctx = FitContext(config=config, run=run, quiet=quiet, resume=resume)
+    if notes:
+        ctx.extra["notes"] = notes
     method = method_cls(options)
     start = time.perf_counter()
     try:
