@@ -94,7 +94,7 @@ class FixedClassifier(nn.Module):
 
     Shapes: input ``(..., d)``, output ``(..., C)``.
 
-    Example:
+    Examples:
         >>> head = FixedClassifier(1280, 10)
         >>> head(torch.randn(4, 1280)).shape
         torch.Size([4, 10])

@@ -53,7 +53,7 @@ def period(rows: int, in_features: int) -> int:
 def sylvester(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The Sylvester-Hadamard matrix ``H_n`` ``(n, n)``, entries ``+-1`` (``n`` a power of two).
 
-    Example:
+    Examples:
         >>> sylvester(4)
         tensor([[ 1.,  1.,  1.,  1.],
                 [ 1., -1.,  1., -1.],
@@ -95,7 +95,7 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     autograd the stages write into two preallocated buffers (two kernels per
     stage); with it they build new tensors, which autograd can differentiate.
 
-    Example:
+    Examples:
         >>> fwht(torch.tensor([1.0, 0.0, 0.0, 0.0]))
         tensor([1., 1., 1., 1.])
     """
@@ -143,7 +143,7 @@ def hadamard_project(x: torch.Tensor, out_features: int, *, offset: int = 0) -> 
     (module docstring). Additions only, so it equals the dense product up to
     the order of floating-point summation.
 
-    Example:
+    Examples:
         >>> x = torch.randn(3, 20)
         >>> torch.allclose(hadamard_project(x, 7), x @ truncated_hadamard(7, 20).T, atol=1e-5)
         True

@@ -21,7 +21,7 @@ def random_orthogonal(out_features: int, in_features: int, seed: int) -> torch.T
     Uses a private ``torch.Generator``: the global RNGs are untouched. The
     reduced QR of a ``(max, min)`` Gaussian costs ``O(max(C, d) min(C, d)^2)``.
 
-    Example:
+    Examples:
         >>> w = random_orthogonal(3, 5, seed=0)
         >>> torch.allclose(w @ w.T, torch.eye(3, dtype=torch.float64))
         True

@@ -99,7 +99,7 @@ def wrap_module(
     so the rest becomes the feature extractor; a new ``nn.Linear(D, C)`` head
     is added. The module is modified in place.
 
-    Example:
+    Examples:
         >>> import torchvision
         >>> net = torchvision.models.resnet18()
         >>> model = wrap_module(net, num_classes=10)
@@ -203,7 +203,7 @@ def build_model(
         pretrained: load pretrained backbone weights.
         generator: RNG for the new head's initialisation (global RNG untouched).
 
-    Example:
+    Examples:
         >>> model = build_model("efficientnet_lite0", num_classes=10)  # doctest: +SKIP
         >>> model(torch.rand(2, 3, 64, 64)).shape  # doctest: +SKIP
         torch.Size([2, 10])
