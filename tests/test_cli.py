@@ -230,3 +230,17 @@ def test_evaluate_falls_back_to_the_cpu_and_checks_its_device_flag(tiny_model_sp
     assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     code, _, err = run_cli(["evaluate", out, "--device", "gpu"], capsys)
     assert_one_line_error(code, err, "--device 'gpu'")
+
+
+def test_help_imports_no_torch() -> None:
+    """``lqf --help`` and the help of light subcommands build without torch (well under 0.5 s)."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from lqf.cli.main import main\n"
+        "for argv in (['--help'], ['evaluate', '--help'], ['explain', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        assert main(argv) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

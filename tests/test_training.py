@@ -256,3 +256,16 @@ def test_peak_memory_is_measured_per_run() -> None:
     reset_peak_memory()
     after = peak_memory_mb()
     assert before - after > 500
+
+
+def test_a_long_run_says_how_long_it_will_take(tiny_model_spec: str, monkeypatch, capsys) -> None:
+    import lqf.training.loop as loop
+
+    monkeypatch.setattr(loop, "ESTIMATE_AT_LEAST", 0.0)  # every run counts as long
+    monkeypatch.setattr(loop, "ESTIMATE_AFTER", 1)
+    monkeypatch.setenv("LQF_PROGRESS", "line")
+    fit(_config(tiny_model_spec, epochs=2), FinetuneOptions(), quiet=False)
+    err = capsys.readouterr().err
+    assert "epoch(s) to go: about" in err and "at this pace" in err
+    fit(_config(tiny_model_spec, epochs=2), FinetuneOptions(), quiet=True)
+    assert "at this pace" not in capsys.readouterr().err

@@ -25,10 +25,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"lqf: error: {message} (see: {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: subcommands whose flags come from the methods' and pruning's option dataclasses (torch imports)
+HEAVY = ("fit", "prune")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command`` given, the flags of the other heavy subcommands are left
+    out, so that ``lqf --help`` or ``lqf evaluate ...`` never imports torch to build them."""
     from lqf.cli import commands
-    from lqf.cli.flags import add_dataclass_flags
-    from lqf.config import FitConfig
+
+    full = command is None
 
     parser = _Parser(
         prog="lqf",
@@ -46,18 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="JSON or TOML file of settings (flags override it)")
     fit.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
-    group = fit.add_argument_group("run settings")
-    run_names = add_dataclass_flags(group, FitConfig)
-    from lqf.methods import methods
-
-    for action in group._group_actions:
-        if action.dest == "method":
-            action.help = f"training method: {', '.join(methods())} (default: finetune)"
-    option_names = []
-    for name, cls in methods().items():
-        g = fit.add_argument_group(f"options of --method {name}", cls.summary)
-        option_names += add_dataclass_flags(g, cls.Options)
-    fit.set_defaults(func=commands.cmd_fit, setting_names=run_names + option_names)
+    if full or command == "fit":
+        _fit_flags(fit)
 
     ev = sub.add_parser("evaluate", help="evaluate a run's model on a test split")
     ev.add_argument("run_dir", metavar="RUN_DIR")
@@ -107,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lqf.cli.prune import add_prune_parser
 
-    add_prune_parser(sub)
+    add_prune_parser(sub, flags=full or command == "prune")
 
     from lqf.cli.explain import add_explain_parsers
 
@@ -122,10 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fit_flags(fit: argparse.ArgumentParser) -> None:
+    """The flags of ``lqf fit``: one per run setting and per option of every method."""
+    from lqf.cli import commands
+    from lqf.cli.flags import add_dataclass_flags
+    from lqf.config import FitConfig
+
+    group = fit.add_argument_group("run settings")
+    run_names = add_dataclass_flags(group, FitConfig)
+    from lqf.methods import methods
+
+    for action in group._group_actions:
+        if action.dest == "method":
+            action.help = f"training method: {', '.join(methods())} (default: finetune)"
+    option_names = []
+    for name, cls in methods().items():
+        g = fit.add_argument_group(f"options of --method {name}", cls.summary)
+        option_names += add_dataclass_flags(g, cls.Options)
+    fit.set_defaults(func=commands.cmd_fit, setting_names=run_names + option_names)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command is not None else "")
     if not argv:
         parser.print_help()
         return 0

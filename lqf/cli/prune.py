@@ -24,10 +24,9 @@ from lqf.errors import LqfError
 FREE_SETTINGS = ("batch_size", "device", "threads", "max_test")
 
 
-def add_prune_parser(sub: argparse._SubParsersAction) -> None:
-    from lqf.cli.flags import add_dataclass_flags
-    from lqf.config import FitConfig
-    from lqf.pruning.options import PruneOptions
+def add_prune_parser(sub: argparse._SubParsersAction, flags: bool = True) -> None:
+    """``lqf prune``; ``flags=False`` leaves out the flags built from the option dataclasses (they
+    import torch), for a parser that only lists the subcommands."""
 
     pr = sub.add_parser(
         "prune",
@@ -40,6 +39,13 @@ def add_prune_parser(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--out", help="run directory to write (default: runs/prune-<strategy>-<data>-<time>)")
     pr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted prune run")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    if not flags:
+        pr.set_defaults(func=cmd_prune)
+        return
+    from lqf.cli.flags import add_dataclass_flags
+    from lqf.config import FitConfig
+    from lqf.pruning.options import PruneOptions
+
     run_group = pr.add_argument_group("run settings (without --from)")
     run_names = add_dataclass_flags(run_group, FitConfig, skip=("method",))
     prune_names = add_dataclass_flags(pr.add_argument_group("pruning options"), PruneOptions)

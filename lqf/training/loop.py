@@ -91,6 +91,7 @@ def train_epochs(
     first = _resume(ctx, model, optimizer, scheduler)
     steps = data.train.num_batches(cfg.batch_size)
     reference: float | None = None
+    began = time.perf_counter()
     for epoch in range(first, cfg.epochs + 1):
         start = time.perf_counter()
         # model.train() (not nn.Module.train) so that a model overriding it, e.g. to keep a frozen
@@ -114,6 +115,8 @@ def train_epochs(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if epoch == first and step == ESTIMATE_AFTER and not ctx.quiet:
+                _estimate(began, step, steps, cfg.epochs - first + 1, len(data.train), desc)
             total_loss += value * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -141,6 +144,25 @@ def train_epochs(
             )
         if ctx.on_epoch_end is not None:
             ctx.on_epoch_end(epoch)
+
+
+#: steps after which a long run says how long it will take
+ESTIMATE_AFTER = 5
+#: runs predicted to take at least this many seconds say so
+ESTIMATE_AT_LEAST = 120.0
+
+
+def _estimate(began: float, step: int, steps: int, epochs: int, images: int, desc: str) -> None:
+    """One line with the expected duration, once the first steps have shown the pace."""
+    from lqf.training.progress import say
+
+    seconds = (time.perf_counter() - began) / step * steps * epochs
+    if seconds >= ESTIMATE_AT_LEAST:
+        when = f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+        say(
+            f"{desc}: {images} training images, {epochs} epoch(s) to go: about {when} at this pace "
+            "(validation passes not counted); fewer --shots or --epochs for a quicker run"
+        )
 
 
 def _non_finite(
