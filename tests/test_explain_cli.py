@@ -132,7 +132,7 @@ def test_explain_and_forget_refuse_bad_input_with_one_line(runs, tmp_path, tiny_
         "": "holds no index",
         "\n".join(str(i) for i in range(60)) + "\n": "every training image",
     }
-    _, train, _ = training_split(RunDirectory.existing(str(lqf)), load_run(str(lqf))[0])
+    _, train, _, _ = training_split(RunDirectory.existing(str(lqf)), load_run(str(lqf))[0])
     ones = [str(i) for i in range(len(train)) if int(train.labels[i]) == 0]
     cases["\n".join(ones) + "\n"] = "every training image of class"
     for k, (text, fragment) in enumerate(cases.items()):

@@ -3,7 +3,7 @@
 lqf explain runs/lqf --test-index 7 --top 6     # which training images made this prediction
 lqf explain runs/lqf --image boot.png
 lqf explain runs/lqf --mislabels                # which training labels are probably wrong
-lqf forget runs/lqf --indices suspects.txt --out runs/lqf-clean
+lqf forget runs/lqf --indices 3,17 --out runs/lqf-clean
 """
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ def add_explain_parsers(sub: argparse._SubParsersAction) -> None:
         "gives (same settings and penalty), computed in closed form.",
     )
     fo.add_argument("run_dir", metavar="RUN_DIR")
-    fo.add_argument("--indices", required=True, metavar="FILE", help="training-image indices, one per line")
+    fo.add_argument(
+        "--indices",
+        required=True,
+        metavar="FILE|LIST",
+        help="training-image indices: a file (one per line, or separated by commas) or a list like 3,17,40",
+    )
     fo.add_argument("--out", required=True, metavar="NEW_RUN", help="the run directory to write")
     fo.set_defaults(func=cmd_forget)
 
@@ -72,7 +77,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     model, train, config, options, metrics = load_linear_run(args.run_dir)
     test = None
     if args.test_index:
-        data, _, _ = training_split(RunDirectory.existing(args.run_dir), config)
+        data, _, _, _ = training_split(RunDirectory.existing(args.run_dir), config)
         test = data.test
         for i in args.test_index:
             if not 0 <= i < len(test):

@@ -8,13 +8,14 @@ with seeded, stratified few-shot selection and a seed-independent test set.
 from __future__ import annotations
 
 from lqf.data.imageset import DataSplits, ImageSet
-from lqf.data.registry import DATASETS, DataSpec, load_data, parse_data_spec
+from lqf.data.registry import DATASETS, DataSpec, load_config_data, load_data, parse_data_spec
 
 __all__ = [
     "DATASETS",
     "DataSpec",
     "DataSplits",
     "ImageSet",
+    "load_config_data",
     "load_data",
     "parse_data_spec",
 ]

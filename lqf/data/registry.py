@@ -169,3 +169,15 @@ def load_data(
         test=_image_set(test_pool, test_index, size, classes),
         classes=classes,
     )
+
+
+def load_config_data(config) -> DataSplits:
+    """:func:`load_data` with the split settings of a run's ``config`` (a ``FitConfig``)."""
+    return load_data(
+        config.data,
+        image_size=config.image_size,
+        shots=config.shots,
+        val_per_class=config.val_per_class,
+        seed=config.seed,
+        max_test=config.max_test,
+    )

@@ -7,10 +7,12 @@ import shutil
 import time
 from typing import Any
 
+from lqf.config import FitConfig, from_dict
 from lqf.errors import LqfError
 from lqf.explain.explainer import Explainer
-from lqf.explain.runs import FORGET, training_split
+from lqf.explain.runs import FORGET, check_not_core, training_split
 from lqf.io import read_json, write_json
+from lqf.methods.core import CORE
 
 
 def forget_run(path: str, indices: list[int], out: str, *, quiet: bool = True) -> dict[str, Any]:
@@ -23,6 +25,9 @@ def forget_run(path: str, indices: list[int], out: str, *, quiet: bool = True) -
     if os.path.abspath(out) == os.path.abspath(path):
         raise LqfError("--out must be a new directory, not the run being forgotten")
     source = RunDirectory.existing(path)
+    config = from_dict(FitConfig, source.read_config()["run"], source=source.file("config.json"))
+    data, _, removed, still = training_split(source, config)  # still: the current images' positions
+    check_not_core(source, path, still, sorted({int(i) for i in indices if 0 <= int(i) < len(still)}))
     start = time.perf_counter()
     ex = Explainer.from_run(path)
     idx = ex.check_forget(indices)
@@ -30,14 +35,13 @@ def forget_run(path: str, indices: list[int], out: str, *, quiet: bool = True) -
     start = time.perf_counter()
     model = ex.forget(idx)
     seconds = time.perf_counter() - start
-    config = ex.config
-    data, _, removed = training_split(source, config)
-    still = [i for i in range(len(data.train)) if i not in set(removed)]  # positions of the current images
     removed_now = sorted(set(removed) | {still[i] for i in idx})
     fresh = not os.path.exists(out)
     run = RunDirectory(out)
     try:
         shutil.copyfile(source.file("config.json"), run.file("config.json"))
+        if source.has(CORE):  # the core it was linearized around stays (and stays unforgettable)
+            shutil.copyfile(source.file(CORE), run.file(CORE))
         write_json(run.file(FORGET), {"from": os.path.abspath(path), "removed": removed_now, "indices": idx})
         run.save_model(model, {**read_json(source.file("model.json"))})
         test = evaluate(model, data.test, batch_size=256, device=config.device, quiet=quiet)

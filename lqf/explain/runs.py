@@ -12,6 +12,7 @@ images the model now stands for.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import torch
@@ -39,21 +40,47 @@ def linear_kind(method: str, options: Any) -> str:
 
 
 def training_split(run, config):
-    """The run's training images: its split, rebuilt from its settings, minus forgotten positions."""
-    from lqf.data import load_data
+    """The run's training images, rebuilt from its settings: ``(data, train, removed, positions)``.
 
-    data = load_data(
-        config.data,
-        image_size=config.image_size,
-        shots=config.shots,
-        val_per_class=config.val_per_class,
-        seed=config.seed,
-        max_test=config.max_test,
-    )
+    ``positions`` are the current images' places in the split the settings give (``train`` holds
+    them in that order): all of it, minus the forgotten positions ``removed``, minus the core
+    of a run fitted ``--around`` a core on the images outside it (``--around-fit rest``).
+    """
+    from lqf.data import load_config_data
+
+    data = load_config_data(config)
     removed = read_json(run.file(FORGET))["removed"] if run.has(FORGET) else []
     keep = torch.ones(len(data.train), dtype=torch.bool)
     keep[removed] = False
-    return data, data.train.subset(keep), removed
+    core = read_core(run)
+    if core is not None and core.get("fit") == "rest":
+        keep[core["positions"]] = False
+    positions = torch.nonzero(keep).reshape(-1).tolist()
+    return data, data.train.subset(keep), removed, positions
+
+
+def read_core(run) -> dict[str, Any] | None:
+    """The ``core.json`` of a run fitted ``--around`` a fine-tuned core (``None`` otherwise)."""
+    from lqf.methods.core import CORE
+
+    return read_json(run.file(CORE)) if run.has(CORE) else None
+
+
+def check_not_core(run, path: str, positions: list[int], idx: list[int]) -> None:
+    """One line when any of the current training images ``idx`` shaped the core's weights."""
+    core = read_core(run)
+    if core is None or core.get("fit") == "rest":
+        return
+    inside = set(core["positions"])
+    bad = [i for i in idx if positions[i] in inside]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        raise LqfError(
+            f"training image(s) {shown} of {path!r} are in the core it was linearized around "
+            f"({core['around']}): the fine-tuned weights saw them, so only fine-tuning the core again "
+            "can forget them; fit the core without them (lqf fit --method finetune on data without "
+            "them), then lqf fit --method lqf --around that run"
+        )
 
 
 def load_linear_run(path: str):
@@ -68,15 +95,17 @@ def load_linear_run(path: str):
         raise LqfError(
             f"run {path!r} did not finish (no metrics.json); finish it with: lqf fit --resume {path}"
         )
-    _, train, _ = training_split(run, config)
+    _, train, _, _ = training_split(run, config)
     return model, train, config, options, run.read_metrics()
 
 
 def read_indices(path: str) -> list[int]:
     """Training-image indices from a text file: whole numbers separated by commas, spaces or
-    lines (``#`` starts a comment)."""
+    lines (``#`` starts a comment); or given inline, e.g. ``3,17,40``, when no such file exists."""
     if not os.path.isfile(path):
-        raise LqfError(f"index file {path!r} does not exist")
+        if re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", path):
+            return [int(v) for v in path.split(",")]
+        raise LqfError(f"index file {path!r} does not exist; give a file or a list like 3,17,40")
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -43,10 +44,12 @@ from torch import nn
 
 from lqf.config import option
 from lqf.errors import LqfError
+from lqf.io import write_json
 from lqf.linearization import LinearizedModel, swap_activations
 from lqf.linearization.chain import link_of, split_at
 from lqf.linearization.lqf_model import PREDICT_MODES, LQFModel
 from lqf.methods.base import FitContext, Method, register_method
+from lqf.methods.core import CORE, load_around, rest_of
 from lqf.methods.lqf_solve import make_plan, predict_linear, solve_kfac_cg, solve_ridges
 from lqf.models.transfer import TransferModel
 from lqf.solvers.ridge import GRID, mean_eigenvalue, ridge_path
@@ -66,18 +69,28 @@ class LQFOptions:
         "linearized parameters: all, head, last-K (the last K units + head), "
         "or comma-separated name patterns (e.g. 'features.blocks.6.*,head.*')",
     )
-    leaky_slope: float = option(0.0, "negative slope of the Leaky-ReLU that replaces ReLU/ReLU6 (0: no swap)")
-    leaky_clip: bool = option(True, "keep ReLU6's upper clip at 6 when swapping")
+    leaky_slope: float = option(
+        0.0, "negative slope of the Leaky-ReLU that replaces ReLU/ReLU6 (0: no swap)", advanced=True
+    )
+    leaky_clip: bool = option(True, "keep ReLU6's upper clip at 6 when swapping", advanced=True)
     repair_steps: int = option(
-        0, "after the swap, distil the original network's unit outputs into it for this many steps"
+        0,
+        "after the swap, distil the original network's unit outputs into it for this many steps",
+        advanced=True,
     )
     head_init: str = option(
-        "probe", "linearize around a fitted head (probe) or the random one", choices=("probe", "random")
+        "probe",
+        "linearize around a fitted head (probe) or the random one",
+        choices=("probe", "random"),
+        advanced=True,
     )
     lqf_loss: str = option(
-        "mse", "loss: mse (quadratic) or ce (cross-entropy; --solver sgd)", choices=("mse", "ce")
+        "mse",
+        "loss: mse (quadratic) or ce (cross-entropy; --solver sgd)",
+        choices=("mse", "ce"),
+        advanced=True,
     )
-    target_scale: float = option(1.0, "MSE targets are target_scale * one-hot")
+    target_scale: float = option(1.0, "MSE targets are target_scale * one-hot", advanced=True)
     lqf_ridge: float | None = option(
         None,
         "ridge lambda on ||dw||^2, relative to the mean eigenvalue of the tangent kernel; "
@@ -95,26 +108,48 @@ class LQFOptions:
         "preconditioner: kfac, none; auto: none for cg (multi-shift), kfac for sgd; "
         "kfac with cg solves each ridge on its own",
         choices=("auto", "kfac", "none"),
+        advanced=True,
     )
-    damping: float = option(0.1, "K-FAC damping, relative to the mean eigenvalue of the K-FAC curvature")
-    tol: float = option(1e-4, "cg: stop each ridge at this relative residual")
-    max_iter: int = option(1000, "cg: at most this many products J^T J v (for the whole grid)")
-    lqf_lr: float = option(1e-2, "sgd: learning rate (of the preconditioned step)")
+    damping: float = option(
+        0.1, "K-FAC damping, relative to the mean eigenvalue of the K-FAC curvature", advanced=True
+    )
+    tol: float = option(1e-4, "cg: stop each ridge at this relative residual", advanced=True)
+    max_iter: int = option(1000, "cg: at most this many products J^T J v (for the whole grid)", advanced=True)
+    lqf_lr: float = option(1e-2, "sgd: learning rate (of the preconditioned step)", advanced=True)
     lqf_optimizer: str = option(
-        "sgd", "sgd: the optimizer the preconditioned gradient feeds", choices=("sgd", "adam")
+        "sgd",
+        "sgd: the optimizer the preconditioned gradient feeds",
+        choices=("sgd", "adam"),
+        advanced=True,
     )
     predict: str = option(
-        "linear", "predict with f_lin (linear) or the network at w0 + dw", choices=PREDICT_MODES
+        "linear",
+        "predict with f_lin (linear) or the network at w0 + dw",
+        choices=PREDICT_MODES,
+        advanced=True,
     )
     kernel_memory_mb: float | None = option(
         None,
         "memory the kernel and cg routes may hold (factors, kernel, factorization), MiB; "
         "default: half the memory available when the solve starts",
+        advanced=True,
+    )
+    around: str | None = option(
+        None,
+        "linearize around the weights of this finished fine-tuning run (head included) instead of "
+        "the pretrained ones; images outside its core can then be forgotten exactly",
+    )
+    around_fit: str = option(
+        "all",
+        "with --around: fit every training image (all) or only those outside the core (rest)",
+        choices=("all", "rest"),
+        advanced=True,
     )
     relinearize: int = option(
         0,
         "solve again this many times, each around the last solution (w0 <- w0 + dw, dw <- 0): "
         "Gauss-Newton steps, each with its own ridge; the result is no longer one convex problem",
+        advanced=True,
     )
 
     def __post_init__(self) -> None:
@@ -138,6 +173,10 @@ class LQFOptions:
         ):
             if bad:
                 raise LqfError(message)
+        if self.around is not None and not os.path.isfile(os.path.join(self.around, "config.json")):
+            raise LqfError(f"--around {self.around!r} is not a run directory (no config.json)")
+        if self.around is None and self.around_fit != "all":
+            raise LqfError("--around-fit needs --around RUN (the fine-tuned core to linearize around)")
         if self.kernel_memory_mb is not None:
             from lqf.resources import total_memory_mb
 
@@ -235,6 +274,14 @@ class LQF(Method):
     def fit(self, model: TransferModel, data, ctx: FitContext) -> LQFModel:
         o: LQFOptions = self.options
         device = ctx.device
+        core = None
+        if o.around is not None:
+            core = load_around(model, o.around, ctx.config, data.classes)
+            if o.around_fit == "rest":
+                data = rest_of(data, core)
+            ctx.extra["around"] = core["around"]
+            ctx.extra["core_fraction"] = core["fraction"]
+            ctx.extra["n_train"] = len(data.train)
         model.to(device).eval()
         original = copy.deepcopy(model) if o.leaky_slope > 0 and o.repair_steps > 0 else None
         swapped = swap_activations(model, o.leaky_slope, o.leaky_clip) if o.leaky_slope > 0 else 0
@@ -256,7 +303,9 @@ class LQF(Method):
         cache = prefix if prefix is not None else nn.Identity()
         xtr = apply(cache, data.train, batch_size=bs, device=device, desc="cache", quiet=ctx.quiet)
         xva = apply(cache, data.val, batch_size=bs, device=device) if has_val else None
-        if o.head_init == "probe" and not isinstance(model.head, nn.Linear):
+        if core is not None:
+            ctx.extra["head_init"] = "the --around run's head"
+        elif o.head_init == "probe" and not isinstance(model.head, nn.Linear):
             # e.g. a fixed classifier: its matrix is a buffer (never linearized), its scale
             # and bias are parameters and are linearized with the head; they start as built
             ctx.extra["head_init"] = f"{type(model.head).__name__} as built"
@@ -324,6 +373,8 @@ class LQF(Method):
                 f"of {len(ridges)}",
             )
         ctx.extra["solve_seconds"] = time.perf_counter() - start
+        if core is not None and ctx.run is not None:
+            write_json(ctx.run.file(CORE), {**core, "fit": o.around_fit})
         return lqf_model
 
     @classmethod

@@ -123,7 +123,7 @@ def fit(
         The trained model, ``metrics`` (``test_accuracy``, ``train_seconds``,
         ``peak_memory_mb`` ...), the per-epoch history and the run directory.
     """
-    from lqf.data import load_data
+    from lqf.data import load_config_data
 
     method_cls = get_method(config.method)
     if options is None:
@@ -137,14 +137,7 @@ def fit(
     reset_peak_memory(config.device)
 
     if data is None:
-        data = load_data(
-            config.data,
-            image_size=config.image_size,
-            shots=config.shots,
-            val_per_class=config.val_per_class,
-            seed=config.seed,
-            max_test=config.max_test,
-        )
+        data = load_config_data(config)
     notes = []
     if config.batch_size > len(data.train):
         notes.append(
