@@ -498,16 +498,19 @@ def test_keep_best_ends_with_the_most_compressed_feasible_candidate(tmp_path, mo
     _scripted_tune(monkeypatch, drops, seen)
     options = _three_rounds(back_off=0)
     run = RunDirectory(str(tmp_path / "run"))
-    result = finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
+    model = make_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result = finepruning.prune(model, data, config, options, run=run, quiet=True)
     assert len(seen) == 4  # three rounds and the final phase
     feasible = [s for s in seen if 100 * (result.history["reference"]["val_accuracy"] - s["val"]) <= 1 + 1e-9]
     final = result.model.state_dict()
-    if not feasible:  # nothing within the target: the last model, reported as it is
-        expected = seen[-1]
-        assert result.metrics["kept_step"] is None
+    if not feasible:  # nothing within the target: the unpruned model it started from
+        expected = {"state": start, "rate": 1.0}
+        assert result.metrics["kept_step"] is None and result.metrics["fallback"] == "unpruned"
     else:  # the most compressed; among equals the most accurate, then the last
         expected = max(feasible, key=lambda s: (s["rate"], s["val"], s["step"]))
         assert result.metrics["kept_step"] == expected["step"]
+    assert result.metrics["within_target"]
     assert all(torch.equal(final[k], expected["state"][k]) for k in final)
     assert result.metrics["compression"] == pytest.approx(expected["rate"], rel=1e-12)
     assert [c["step"] for c in result.metrics["candidates"]] == [s["step"] for s in seen]
@@ -545,9 +548,9 @@ def test_back_off_undoes_rounds_until_a_model_is_within_the_target(tmp_path, mon
         assert result.history["best"]["drop"] == pytest.approx(0.5, abs=1e-6)
         assert m["compression"] == pytest.approx(seen[0]["rate"], rel=1e-12)
         assert m["theta"] == result.history["rounds"][0]["theta"]
-    else:  # one round only, and still over the target: the run ends with the last model
-        assert m["kept_step"] is None
-    assert _same_state(result.model.state_dict(), seen[-1]["state"])
+        assert _same_state(result.model.state_dict(), seen[-1]["state"])
+    else:  # one round only, and still over the target: the run ends with the unpruned model
+        assert m["kept_step"] is None and m["fallback"] == "unpruned" and m["compression"] == 1.0
     for layer in result.masks.layers:
         assert torch.all(layer.module.weight[~result.masks.masks[layer.name]] == 0)
     assert not list((tmp_path / "run").glob("round*.pt"))  # the saved rounds go once the run is done
@@ -713,3 +716,46 @@ def test_held_out_images_alone_judge_the_candidates(tmp_path, monkeypatch) -> No
     assert (m["n_select"], m["reference_select_accuracy"]) == (3, 0.9)
     assert m["select_accuracy"] == original_evaluate(result.model, select, batch_size=256)["accuracy"]
     assert m["select_drop_points"] == pytest.approx(100 * (0.9 - m["select_accuracy"]))
+
+
+def test_over_the_target_ends_unpruned_or_as_allowed_and_the_cli_says_so(
+    tmp_path, monkeypatch, tiny_model_spec, capsys
+) -> None:
+    """No fine-tuned candidate within the target: the unpruned model (exit 0, within the target),
+    the last pruned one with --allow-over-target; without keep-best an over-target result exits 1."""
+    from lqf.pruning import finepruning
+    from lqf.runs import RunDirectory
+
+    config, data, make_model = _tiny_setup(tmp_path)
+    seen: list[dict] = []
+    _scripted_tune(monkeypatch, [9.0] * 4, seen)
+    result = finepruning.prune(make_model(), data, config, _three_rounds(back_off=0), quiet=True)
+    assert result.metrics["fallback"] == "unpruned" and result.metrics["compression"] == 1.0
+    assert result.metrics["test_accuracy"] == result.metrics["reference_test_accuracy"]
+    seen.clear()
+    options = _three_rounds(back_off=0, allow_over_target=True)
+    run = RunDirectory(str(tmp_path / "allowed"))
+    result = finepruning.prune(make_model(), data, config, options, run=run, quiet=True)
+    assert _same_state(result.model.state_dict(), seen[-1]["state"]) and result.metrics["compression"] > 1
+    assert "fallback" not in result.metrics
+
+    # the CLI: a result over the target (here: reported so by the search) exits 1 with one line
+    real = finepruning.prune
+
+    def over(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.metrics.update(within_target=False, val_drop_points=5.0)
+        return result
+
+    monkeypatch.setattr(finepruning, "prune", over)
+    seen.clear()
+    _scripted_tune(monkeypatch, [0.0] * 20, seen)
+    folder = write_image_folder(tmp_path / "images2", classes=3, per_class=6, size=12)
+    common = ["--data", f"imagefolder:{folder}", "--image-size", "12", "--val-per-class", "2", "--quiet"]
+    args = ["prune", "--model", tiny_model_spec, *common, "--epochs", "1", "--rounds", "1", "--trials", "2"]
+    args += ["--startup-trials", "1", "--final-epochs", "1", "--target-drop", "1"]
+    code = main([*args, "--out", str(tmp_path / "over")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "over --target-drop 1" in lines[0], lines
+    assert "--allow-over-target" in lines[0] and (tmp_path / "over" / "metrics.json").is_file()
+    assert main([*args, "--allow-over-target", "--out", str(tmp_path / "accepted")]) == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 from typing import Any
 
@@ -48,7 +49,9 @@ def add_prune_parser(sub: argparse._SubParsersAction, flags: bool = True) -> Non
 
     run_group = pr.add_argument_group("run settings (without --from)")
     run_names = add_dataclass_flags(run_group, FitConfig, skip=("method",))
-    prune_names = add_dataclass_flags(pr.add_argument_group("pruning options"), PruneOptions)
+    common = pr.add_argument_group("pruning options")
+    advanced = pr.add_argument_group("advanced pruning options (the research settings)")
+    prune_names = add_dataclass_flags(common, PruneOptions, advanced=advanced)
     pr.set_defaults(func=cmd_prune, run_names=run_names, prune_names=prune_names)
 
 
@@ -158,6 +161,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     run = RunDirectory(out)
     result = prune(model, data, config, options, run=run, resume=bool(args.resume), quiet=args.quiet, say=say)
     print_summary(result.metrics, out, say)
+    m = result.metrics
+    if m.get("within_target") is False and not options.allow_over_target:
+        drop = m.get("select_drop_points", m["val_drop_points"])
+        print(
+            f"lqf: error: the pruned model is {drop:.2f} points below the unpruned one on validation, "
+            f"over --target-drop {options.epsilon:g} (kept in {out}); --allow-over-target accepts it",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

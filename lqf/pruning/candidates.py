@@ -121,11 +121,27 @@ def keep_if_best(model, masks, val, step, options, history, run, kept, round_ind
     save_history(run, history)
 
 
-def restore_best(model, masks, history, run, last, say, kept, epsilon: float) -> None:
-    """End with the kept model (if it is not the final one already)."""
+def restore_best(model, masks, history, run, last, say, kept, options, unpruned) -> None:
+    """End with the kept model (if it is not the final one already). Without one within the
+    target, end with the unpruned model ``unpruned`` (a :func:`state_of`), or with the last one
+    under ``--allow-over-target``."""
     best = history.get("best")
     if best is None:
-        say(f"no candidate model was within {epsilon:g} points of validation drop: ending with the last")
+        if options.allow_over_target:
+            say(
+                f"WARNING: no fine-tuned candidate was within {options.epsilon:g} points of validation "
+                "drop: ending with the last pruned model, over the target (--allow-over-target)"
+            )
+            return
+        model.load_state_dict(unpruned["model"])
+        masks.load_state_dict(unpruned["masks"])
+        history["fallback"] = "unpruned"
+        save_history(run, history)
+        say(
+            f"WARNING: no fine-tuned candidate was within {options.epsilon:g} points of validation drop: "
+            "ending with the unpruned model (1.00x); more --final-epochs, a larger --target-drop or "
+            "fewer --rounds may find one, and --allow-over-target keeps the last pruned model instead"
+        )
         return
     if best["step"] == last:
         return

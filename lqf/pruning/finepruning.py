@@ -82,7 +82,16 @@ from lqf.pruning.objective import Objective
 from lqf.pruning.options import PruneOptions
 from lqf.pruning.results import finish
 from lqf.pruning.rounds import prune_once, search_step
-from lqf.pruning.state import PARETO, RATES, SNAPSHOT, load_history, plan, save_history, save_snapshot
+from lqf.pruning.state import (
+    PARETO,
+    RATES,
+    SNAPSHOT,
+    load_history,
+    plan,
+    save_history,
+    save_snapshot,
+    state_of,
+)
 
 
 @dataclass
@@ -136,6 +145,7 @@ def prune(
     )
     groups = groups_of(layers)
     masks = MaskSet(layers)
+    unpruned = state_of(model, masks)  # the fall-back when no pruned candidate is within the target
     if len(data.val) == 0:
         raise LqfError("the validation split is empty; pruning chooses rates on it: use --val-per-class >= 1")
     # the search, its fine-tuning logs and the trials see `search_data.val`; the candidates are judged
@@ -282,13 +292,18 @@ def prune(
                     say,
                     teacher=teacher,
                 )
-        restore_best(model, masks, history, run, last, say, kept, options.epsilon)
+        restore_best(model, masks, history, run, last, say, kept, options, unpruned)
     model.eval()
     metrics = finish(model, masks, data, select, config, options, history, run, eval_batch, quiet)
     for r in range(1, options.rounds):  # only a resumed back-off needs them
         if run is not None and run.has(SNAPSHOT.format(r)):
             os.remove(run.file(SNAPSHOT.format(r)))
     metrics["wall_seconds_this_process"] = time.perf_counter() - started
+    if options.searched and objective.constrained:
+        judged = metrics.get("select_drop_points", metrics["val_drop_points"])
+        metrics["within_target"] = judged <= options.epsilon + 1e-9
+        if history.get("fallback"):
+            metrics["fallback"] = history["fallback"]
     if run is not None:
         run.write_metrics(metrics)
         from lqf.pruning.plots import plot_pareto, plot_rates

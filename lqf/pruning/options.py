@@ -35,20 +35,25 @@ class PruneOptions:
         "accuracy drop (points) allowed in the search rounds before the last, measured before their "
         "fine-tuning, which recovers part of it (default: --target-drop); worth choosing on "
         "validation: the larger the recovery, the larger it can be",
+        advanced=True,
     )
     gamma: float | None = option(
-        None, "objective instead: max (1 - gamma) * accuracy + gamma * removed fraction, gamma in [0, 1]"
+        None,
+        "objective instead: max (1 - gamma) * accuracy + gamma * removed fraction, gamma in [0, 1]",
+        advanced=True,
     )
     round_reference: str = option(
         "start",
         "what a search round measures the accuracy drop from: start (the unpruned model) or current "
         "(the model the previous round's fine-tuning left, so compression builds up round by round)",
         choices=REFERENCES,
+        advanced=True,
     )
     keep_best: bool = option(
         True,
         "with --target-drop: after every fine-tuning phase keep the most compressed model whose "
         "validation drop is within the target, and end with it (bo, random)",
+        advanced=True,
     )
     back_off: int | None = option(
         None,
@@ -56,6 +61,7 @@ class PruneOptions:
         "last round (back to the model its fine-tuning started from) and fine-tune that for "
         "--final-epochs, then the round before, until one is within the target; at most this many "
         "rounds (default: all but the first; 0: never); each costs --final-epochs more",
+        advanced=True,
     )
     back_off_until: str = option(
         "within",
@@ -63,19 +69,30 @@ class PruneOptions:
         "while the model an undone round goes back to is more compressed than the kept candidate "
         "(an early round's model within the target does not end the back-off)",
         choices=BACK_OFF_UNTIL,
+        advanced=True,
+    )
+    allow_over_target: bool = option(
+        False,
+        "end with the last pruned model even when no fine-tuned candidate is within --target-drop "
+        "(default: end with the unpruned model then, and exit with status 1 if the kept model is over it)",
     )
     rounds: int = option(3, "search rounds, each followed by --round-epochs of fine-tuning (bo, random)")
     trials: int = option(24, "trials per search round (quick evaluations on the validation subset)")
-    startup_trials: int = option(8, "trials per round before the GP takes over (warm-start ones count)")
+    startup_trials: int = option(
+        8, "trials per round before the GP takes over (warm-start ones count)", advanced=True
+    )
     warm_start: int = option(
-        3, "first trials of a round from the previous round's best (threshold space: their group factors)"
+        3,
+        "first trials of a round from the previous round's best (threshold space: their group factors)",
+        advanced=True,
     )
     global_starts: int = option(
         4,
         "first trials of every round: one global magnitude threshold at this many compression levels "
         "(threshold space: steps 1.25 to --max-step; fraction space: its per-group rates at 1.5x to 8x)",
+        advanced=True,
     )
-    round_epochs: int = option(1, "fine-tuning epochs after each search round")
+    round_epochs: int = option(1, "fine-tuning epochs after each search round", advanced=True)
     final_epochs: int = option(2, "fine-tuning epochs after the last round")
     target_compression: float | None = option(
         None, "uniform, global: the compression rate (prunable params / kept) to prune to, e.g. 5"
@@ -87,46 +104,63 @@ class PruneOptions:
         "pruned) or fraction (one pruning fraction of its own weights per layer group; a round may "
         "give pruned weights back)",
         choices=SPACES,
+        advanced=True,
     )
-    max_step: float = option(3.0, "threshold space: largest compression factor one round may add")
+    max_step: float = option(
+        3.0, "threshold space: largest compression factor one round may add", advanced=True
+    )
     group_factor: float = option(
-        2.0, "threshold space: a group's threshold lies between the global one / and * this factor"
+        2.0,
+        "threshold space: a group's threshold lies between the global one / and * this factor",
+        advanced=True,
     )
-    theta_max: float = option(0.95, "fraction space: largest pruning fraction of any layer group")
-    groups: str = option("stage", "layers sharing one pruning fraction: stage or layer", choices=GROUPINGS)
-    prune_head: bool = option(False, "prune the classification head too")
-    exclude: str = option("", "comma-separated layer names (or prefixes) never pruned")
+    theta_max: float = option(
+        0.95, "fraction space: largest pruning fraction of any layer group", advanced=True
+    )
+    groups: str = option(
+        "stage", "layers sharing one pruning fraction: stage or layer", choices=GROUPINGS, advanced=True
+    )
+    prune_head: bool = option(False, "prune the classification head too", advanced=True)
+    exclude: str = option("", "comma-separated layer names (or prefixes) never pruned", advanced=True)
     bn_batches: int = option(
-        4, "training batches to re-estimate BatchNorm statistics with in each trial (0: keep them)"
+        4,
+        "training batches to re-estimate BatchNorm statistics with in each trial (0: keep them)",
+        advanced=True,
     )
-    val_subset: int | None = option(None, "validation images used by each trial (default: all)")
+    val_subset: int | None = option(
+        None, "validation images used by each trial (default: all)", advanced=True
+    )
     extra_val: int = option(
         0,
         "more validation images per class for every pruning decision and report, taken from the "
         "training pool after the fine-tuned run's own images (the same train set; needs --shots)",
+        advanced=True,
     )
     select_val: int = option(
         0,
         "validation images per class held out from the search: only they judge the fine-tuned "
         "candidates (--keep-best, --back-off) and give the held-out drop, so the final choice is "
         "not made on the images the search chose its rates on (0: all validation images do both)",
+        advanced=True,
     )
     tune_lr: float = option(1e-3, "AdamW learning rate of the fine-tuning phases (cosine per phase)")
-    tune_weight_decay: float = option(0.01, "AdamW weight decay of the fine-tuning phases")
+    tune_weight_decay: float = option(0.01, "AdamW weight decay of the fine-tuning phases", advanced=True)
     tune_schedule: str = option(
         "phase",
         "learning rate of the fine-tuning phases: phase (a cosine from --tune-lr in every phase) or "
         "continuous (one cosine over all phases; each phase goes on where the previous one stopped)",
         choices=SCHEDULES,
+        advanced=True,
     )
     distill: float = option(
         0.0,
         "weight alpha in [0, 1] of distillation from the unpruned model in every fine-tuning phase: "
         "loss (1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || pruned model) at temperature "
         "--distill-temperature (0: cross-entropy alone)",
+        advanced=True,
     )
-    distill_temperature: float = option(4.0, "temperature T of --distill")
-    half: bool = option(False, "store the compressed checkpoint in float16")
+    distill_temperature: float = option(4.0, "temperature T of --distill", advanced=True)
+    half: bool = option(False, "store the compressed checkpoint in float16", advanced=True)
 
     def __post_init__(self) -> None:
         checks = [
