@@ -288,7 +288,7 @@ def report(results: dict) -> str:
     lines = [
         "# Exact explanations on the real model",
         "",
-        f"Command: `{results['command']}`. Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} on the CPU. "
+        "Commands: " + "; ".join(f"{k}: `{v}`" for k, v in results["commands"].items()) + f". Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} on the CPU. "
         "efficientnet_lite0, 64 px, 20 validation images per class, `lqf fit` defaults.",
         "",
     ]
@@ -384,7 +384,8 @@ def main() -> None:
     results = json.load(open(path)) if os.path.isfile(path) else {}
     if not args.report:
         results["hardware"] = hardware()
-        results["command"] = "python benchmarks/explain.py " + " ".join(sys.argv[1:])
+        command = "python benchmarks/explain.py " + " ".join(sys.argv[1:])
+        results.pop("command", None)
         parts = {
             "loo": part_loo,
             "forget": part_forget,
@@ -400,6 +401,7 @@ def main() -> None:
                 ]
                 new["rows"] = kept + new["rows"]
             results[part] = new
+            results.setdefault("commands", {})[part] = command  # parts may come from several invocations
             with open(path, "w") as handle:
                 json.dump(results, handle, indent=1)
     with open(os.path.join(RESULTS, "explain.md"), "w") as handle:
