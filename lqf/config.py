@@ -26,10 +26,13 @@ HEADS = ("linear", "fixed-hadamard", "fixed-orthogonal")
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with a help string (and optional ``choices``)."""
-    metadata = {"help": help}
+    """A dataclass field with a help string (and optional ``choices``; ``advanced=True`` lists its
+    flag in ``--help`` after the common ones, under "advanced")."""
+    metadata: dict[str, Any] = {"help": help}
     if "choices" in kwargs:
         metadata["choices"] = kwargs.pop("choices")
+    if kwargs.pop("advanced", False):
+        metadata["advanced"] = True
     return field(default=default, metadata=metadata, **kwargs)
 
 

@@ -41,7 +41,7 @@ def test_bad_flags_are_refused_before_any_work(tiny_model_spec, tmp_path, capsys
     "settings,fragment",
     [
         ({"run": {"shots": "five"}}, "shots must be a whole number (or null), got 'five'"),
-        ({"method_options": {"lr": "fast"}}, "lr must be a number, got 'fast'"),
+        ({"method_options": {"lr": "fast"}}, "lr must be a number (or null), got 'fast'"),
         ({"run": {"epochs": None}}, "epochs cannot be null"),
         ({"run": {"pretrained": "yes"}}, "pretrained must be true or false"),
     ],

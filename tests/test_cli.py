@@ -186,7 +186,15 @@ def test_list_and_help(capsys) -> None:
     code, out, _ = run_cli(["list"], capsys)
     assert code == 0 and "efficientnet_lite0" in out and "linear-probe" in out and "fashion-mnist" in out
     assert main(["fit", "--help"]) == 0
-    assert "--unfreeze" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # every method's common options first, then the advanced ones
+    common, advanced = out.split("run settings:")[1].split("advanced options of --method finetune:")
+    assert "--unfreeze" in common and "--solver" in common and "--around " in common
+    assert "--label-smoothing" in advanced and "--damping" in advanced and "--damping" not in common
+    assert main(["prune", "--help"]) == 0
+    common, advanced = capsys.readouterr().out.split("pruning options:")[1].split("advanced pruning options")
+    assert "--target-drop" in common and "--allow-over-target" in common
+    assert "--round-reference" in advanced and "--back-off-until" in advanced and "--select-val" in advanced
 
 
 def test_compare_shows_metrics_and_differing_settings(tiny_model_spec, tmp_path, capsys) -> None:

@@ -158,3 +158,16 @@ def test_context_generators_are_independent_of_global_rng() -> None:
     b = torch.rand(3, generator=ctx.generator(1))
     assert torch.equal(a, b)
     assert not torch.equal(a, torch.rand(3, generator=ctx.generator(2)))
+
+
+def test_fine_tuning_defaults_to_the_recipe_measured_for_the_number_of_shots() -> None:
+    """At most 10 images per class: --lr 3e-4 --bn frozen --head-lr-scale 10 (baseline*.md chose it
+    on validation at 5 and 10 shots); more: --lr 1e-3 --bn train --head-lr-scale 1; given flags win."""
+    from lqf.methods.finetune import resolve_recipe
+
+    few, record = resolve_recipe(FinetuneOptions(), 10)
+    assert (few.lr, few.bn, few.head_lr_scale, record["recipe"]) == (3e-4, "frozen", 10.0, "few-shot")
+    many, record = resolve_recipe(FinetuneOptions(), 25)
+    assert (many.lr, many.bn, many.head_lr_scale, record["recipe"]) == (1e-3, "train", 1.0, "standard")
+    mine, _ = resolve_recipe(FinetuneOptions(lr=1e-2, bn="train"), 5)
+    assert (mine.lr, mine.bn, mine.head_lr_scale) == (1e-2, "train", 10.0)

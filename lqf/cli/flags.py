@@ -39,18 +39,24 @@ def _converter(type_text: str, name: str):
 
 
 def add_dataclass_flags(
-    parser: argparse._ActionsContainer, cls: type, skip: tuple[str, ...] = ()
+    parser: argparse._ActionsContainer,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    advanced: argparse._ActionsContainer | None = None,
 ) -> list[str]:
-    """Add one flag per field of ``cls`` (except those in ``skip``); returns the field names."""
+    """Add one flag per field of ``cls`` (except those in ``skip``); returns the field names.
+
+    ``advanced``: where the fields marked ``advanced`` go (default: with the others)."""
     names = []
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
+        target = advanced if advanced is not None and f.metadata.get("advanced") else parser
         help_text = f.metadata.get("help", "")
         default = f.default
         shown = f" (default: {default})" if default is not None else ""
         if "bool" in str(f.type):
-            parser.add_argument(
+            target.add_argument(
                 flag_name(f.name),
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
@@ -58,7 +64,7 @@ def add_dataclass_flags(
                 help=help_text + shown,
             )
         else:
-            parser.add_argument(
+            target.add_argument(
                 flag_name(f.name),
                 dest=f.name,
                 type=_converter(f.type, f.name),

@@ -132,9 +132,13 @@ def _fit_flags(fit: argparse.ArgumentParser) -> None:
         if action.dest == "method":
             action.help = f"training method: {', '.join(methods())} (default: finetune)"
     option_names = []
-    for name, cls in methods().items():
-        g = fit.add_argument_group(f"options of --method {name}", cls.summary)
-        option_names += add_dataclass_flags(g, cls.Options)
+    groups = [
+        (name, cls, fit.add_argument_group(f"options of --method {name}", cls.summary))
+        for name, cls in methods().items()
+    ]
+    for name, cls, g in groups:  # the advanced options of every method after all the common ones
+        more = fit.add_argument_group(f"advanced options of --method {name}")
+        option_names += add_dataclass_flags(g, cls.Options, advanced=more)
     fit.set_defaults(func=commands.cmd_fit, setting_names=run_names + option_names)
 
 
