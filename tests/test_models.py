@@ -147,6 +147,31 @@ def test_offline_error_names_the_offline_models() -> None:
         build_model("timm:resnet18", 3)
 
 
+def test_an_unanswering_hub_is_asked_once_and_never_waited_for(monkeypatch) -> None:
+    """Without a network: the hub client is switched to its cache before timm asks it (no retries),
+    a torchvision download that is not cached is refused before it starts; one line each."""
+    import huggingface_hub.constants
+    import torchvision
+
+    from lqf.models import hub
+
+    asked = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "reachable", lambda host, *a, **k: asked.append(host) or False)
+    with pytest.raises(LqfError, match="the hub does not answer and they are not cached") as info:
+        build_model("timm:resnet18", 3)
+    assert asked == ["huggingface.co"] and huggingface_hub.constants.HF_HUB_OFFLINE
+    assert "\n" not in str(info.value)
+
+    def never(*args, **kwargs):
+        raise AssertionError("no download may start")
+
+    monkeypatch.setattr(torchvision.models, "get_model", never)
+    with pytest.raises(LqfError, match="download.pytorch.org does not answer"):
+        build_model("torchvision:resnet18", 3)
+
+
 def test_state_dict_needs_an_architecture(tmp_path) -> None:
     torch.save(tiny_net().state_dict(), tmp_path / "sd.pt")
     with pytest.raises(LqfError, match="needs an architecture"):

@@ -21,6 +21,7 @@ from torch import nn
 
 from lqf.errors import LqfError
 from lqf.models.efficientnet_lite import VARIANTS, build_timm_lite
+from lqf.models.hub import hf_offline_unless_reachable, torchvision_cached_or_reachable
 from lqf.models.transfer import IMAGENET, SYMMETRIC, InputSpec, TransferModel
 
 BUILTIN_MODELS = tuple(VARIANTS)
@@ -52,12 +53,12 @@ def _timm(name: str, pretrained: bool) -> tuple[nn.Module, int, InputSpec]:
         raise LqfError("timm:NAME models need timm: pip install timm") from None
     if name not in timm.list_models() and not timm.is_model(name):
         raise LqfError(f"unknown timm model {name!r}; see timm.list_models() for valid names")
+    offline = hf_offline_unless_reachable() if pretrained else None
     try:
         backbone = timm.create_model(name, pretrained=pretrained, num_classes=0)
     except Exception as err:  # the hub raises many different errors offline
-        raise LqfError(
-            f"could not get pretrained weights for timm:{name} ({type(err).__name__}); " + OFFLINE_HINT
-        ) from None
+        why = offline or type(err).__name__
+        raise LqfError(f"could not get pretrained weights for timm:{name} ({why}); " + OFFLINE_HINT) from None
     cfg = getattr(backbone, "pretrained_cfg", {}) or {}
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     spec = InputSpec(size, tuple(cfg.get("mean", IMAGENET.mean)), tuple(cfg.get("std", IMAGENET.std)))
@@ -119,6 +120,13 @@ def _torchvision(name: str, pretrained: bool) -> tuple[nn.Module, int, InputSpec
         raise LqfError(
             f"unknown torchvision model {name!r}; see torchvision.models.list_models() for valid names"
         )
+    if pretrained:
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+        if not torchvision_cached_or_reachable(url):
+            raise LqfError(
+                f"could not get pretrained weights for torchvision:{name} (not cached, and "
+                f"{url.split('/')[2]} does not answer); " + OFFLINE_HINT
+            )
     try:
         model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
     except Exception as err:
