@@ -88,30 +88,37 @@ def check_out(out: str) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from lqf import distributed
     from lqf.runs.fit import default_run_dir, fit
 
     config, options, out = resolve_fit_settings(args)
+    main = distributed.env_rank() == 0  # under torchrun only process 0 writes and speaks
     if out is None:
+        if distributed.launched():
+            raise LqfError("under torchrun give --out: every process must name the same run directory")
         out = default_run_dir(config)
-    elif not args.resume and os.path.isfile(os.path.join(out, "config.json")):
+    elif main and not args.resume and os.path.isfile(os.path.join(out, "config.json")):
         raise LqfError(
             f"{out!r} already holds a run; choose another --out, or continue it with: lqf fit --resume {out}"
         )
-    check_out(out)
-    if args.resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
+    if main:
+        check_out(out)
+    if main and args.resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
         _say(
             f"lqf fit: {out} has no checkpoint yet (it stopped before its first epoch ended): "
             "starting it over with its saved settings"
         )
     args.active_run = out
-    _say(
-        f"lqf fit: {config.method} | {config.model} | {config.data}"
-        + (f" | {config.shots} shots/class" if config.shots else "")
-        + f" | run: {out}"
-        + (" (resumed)" if args.resume else "")
-    )
+    if main:
+        _say(
+            f"lqf fit: {config.method} | {config.model} | {config.data}"
+            + (f" | {config.shots} shots/class" if config.shots else "")
+            + f" | run: {out}"
+            + (" (resumed)" if args.resume else "")
+        )
     result = fit(config, options, out=out, quiet=args.quiet, resume=bool(args.resume))
-    print_summary(result.metrics, out)
+    if main:
+        print_summary(result.metrics, out)
     return 0
 
 

@@ -126,9 +126,12 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, str | None, str]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from lqf import __version__
+    from lqf import __version__, distributed
     from lqf.io import write_json
     from lqf.pruning.finepruning import prune
+
+    if distributed.launched():
+        raise LqfError("lqf prune runs in one process; start it without torchrun (lqf fit runs under it)")
     from lqf.runs import RunDirectory
 
     config, ft_options, options, source, out = resolve(args)

@@ -131,6 +131,14 @@ def fit(
     if not isinstance(options, method_cls.Options):
         raise LqfError(f"options for {config.method!r} must be {method_cls.Options.__name__}")
     check_device(config.device)
+    from lqf import distributed
+
+    if distributed.launched():  # under torchrun: join the group; only process 0 writes and prints
+        device = distributed.init_from_env(config.device)
+        if device != config.device:
+            config = dataclasses.replace(config, device=device)
+        if not distributed.is_main():
+            out, quiet = None, True
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -195,6 +203,7 @@ def fit(
         "train_seconds": train_seconds,
         "peak_memory_mb": peak_memory_mb(config.device),
         "epochs_run": len(ctx.history),
+        **({"processes": distributed.world()[1]} if distributed.active() else {}),
         **{k: v for k, v in test.items() if k not in ("test_accuracy", "test_loss")},
         **ctx.extra,
     }

@@ -23,8 +23,26 @@ def apply(
     device: torch.device | str = "cpu",
     desc: str = "evaluate",
     quiet: bool = True,
+    _local: bool = False,
 ) -> torch.Tensor:
-    """Concatenate ``fn(x)`` over the batches of ``images`` (on the CPU)."""
+    """Concatenate ``fn(x)`` over the batches of ``images`` (on the CPU).
+
+    Under ``torchrun`` each process computes its share of the images and every process gets all
+    the rows, in order (:mod:`lqf.distributed`)."""
+    from lqf import distributed
+
+    rank, size = distributed.world()
+    if size > 1 and len(images) >= size and not _local:
+        mine = apply(
+            fn,
+            images.subset(distributed.shard(len(images))),
+            batch_size=batch_size,
+            device=device,
+            desc=desc,
+            quiet=quiet or rank > 0,
+            _local=True,
+        )
+        return distributed.gather_rows(mine, len(images))
     outs = []
     batches = images.batches(batch_size)
     total = images.num_batches(batch_size)

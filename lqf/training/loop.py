@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from lqf import distributed
 from lqf.errors import NonFiniteLossError
 from lqf.training.evaluate import evaluate
 from lqf.training.progress import progress
@@ -46,6 +47,30 @@ def _resume(ctx: FitContext, model: nn.Module, optimizer: torch.optim.Optimizer,
     ctx.resumed_seconds = sum(r.get("seconds") or 0.0 for r in ctx.history)
     ctx.run.truncate_log(state["epoch"])
     return int(state["epoch"]) + 1
+
+
+def _share_resumed(ctx: FitContext, model: nn.Module, optimizer, scheduler, first: int) -> None:
+    """Give every process the state process 0 resumed from (only it reads the run directory)."""
+    state = None
+    if distributed.is_main() and first > 1:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": torch.get_rng_state(),
+            "history": list(ctx.history),
+            "resumed_seconds": ctx.resumed_seconds,
+        }
+    state = distributed.broadcast(state)
+    if state is None or distributed.is_main():
+        return
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    ctx.history[:] = state["history"]
+    ctx.resumed_seconds = state["resumed_seconds"]
 
 
 def train_epochs(
@@ -89,6 +114,15 @@ def train_epochs(
     cfg = ctx.config
     device = ctx.device
     first = _resume(ctx, model, optimizer, scheduler)
+    rank, size = distributed.world()
+    net = model
+    if size > 1:  # process 0 resumed: every process continues from its state
+        if ctx.resume:
+            _share_resumed(ctx, model, optimizer, scheduler, first)
+            first = distributed.broadcast(first)
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)  # gradients averaged over the processes
     steps = data.train.num_batches(cfg.batch_size)
     reference: float | None = None
     began = time.perf_counter()
@@ -101,10 +135,18 @@ def train_epochs(
         batches = data.train.batches(cfg.batch_size, shuffle=True, generator=ctx.generator(epoch))
         bar = progress(batches, total=steps, desc=f"{desc} {epoch}/{cfg.epochs}", quiet=ctx.quiet)
         for step, (x, y) in enumerate(bar, start=1):
+            batch = len(y)
+            if size > 1:  # this process's share of the global batch, weighted by it
+                x, y = x[rank::size], y[rank::size]
             x, y = x.to(device), y.to(device)
-            logits = model(x)
+            logits = net(x)
             loss = loss_fn(logits, y if target_fn is None else target_fn(x, y))
-            value = loss.item()
+            if size > 1:
+                loss = loss * (len(y) * size / batch)  # DDP averages: sum of shares = the batch mean
+                stats = torch.tensor([loss.item() / size, (logits.argmax(1) == y).sum().item()])
+                value, hits = distributed.all_reduce_sum(stats).tolist()
+            else:
+                value, hits = loss.item(), None
             if not math.isfinite(value):
                 raise _non_finite(ctx, epoch, step, value, lr_flag)
             reference = value if reference is None else reference
@@ -117,9 +159,9 @@ def train_epochs(
                 scheduler.step()
             if epoch == first and step == ESTIMATE_AFTER and not ctx.quiet:
                 _estimate(began, step, steps, cfg.epochs - first + 1, len(data.train), desc)
-            total_loss += value * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            total_loss += value * batch
+            correct += (logits.argmax(1) == y).sum().item() if hits is None else int(hits)
+            seen += batch
         val = evaluate(model, data.val, batch_size=max(cfg.batch_size, 256), device=device)
         record = {
             "epoch": epoch,

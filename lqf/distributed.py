@@ -1,0 +1,126 @@
+"""Data parallelism under ``torchrun``: one process per device, ``torch.distributed`` between them.
+
+``torchrun --nproc_per_node N -m lqf fit ...`` (or multi-node, with torchrun's rendezvous flags)
+starts ``N`` copies of ``lqf fit``; :func:`init_from_env` joins them into one process group
+(gloo on CPUs, NCCL on CUDA devices, each process on ``cuda:LOCAL_RANK``). Every process loads
+the same data and model from the same seed, and:
+
+* passes over images (features, cached inputs of the linearized part, predictions) are split:
+  process ``r`` of ``W`` takes the images ``r, r + W, ...`` and :func:`gather_rows` puts the rows
+  back in order on every process, so the methods after it see what one process would have;
+* fine-tuning splits each global mini-batch the same way (the global batch and its seeded order
+  are those of one process) and averages gradients by ``DistributedDataParallel``, with each
+  shard's loss weighted by its share of the batch, so every step is the one-process step;
+* only process 0 writes the run directory and prints; the others are quiet.
+
+BatchNorm in training mode normalizes each process's shard by its own statistics (torch's
+SyncBatchNorm runs on GPUs only), and dropout draws its masks per process: a run with either
+follows another trajectory than one process, as it would with another batch split. With
+``--bn frozen`` and no dropout it is the one-process trajectory to float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lqf.errors import LqfError
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def env_rank() -> int:
+    """This process's rank as ``torchrun`` gives it (0 outside ``torchrun``), before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def active() -> bool:
+    """Whether a process group of more than one process is running."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world() -> tuple[int, int]:
+    """``(rank, size)`` of this process (``(0, 1)`` without a process group)."""
+    if not active():
+        return 0, 1
+    import torch.distributed as dist
+
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def init_from_env(device: str) -> str:
+    """Join the ``torchrun`` process group if this process is one of several; returns the device
+    this process trains on (``cuda:LOCAL_RANK`` for ``--device cuda``)."""
+    if not launched() or active():
+        return local_device(device)
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise LqfError("this torch has no torch.distributed: run lqf fit without torchrun")
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return local_device(device)
+
+
+def local_device(device: str) -> str:
+    if launched() and device == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def shard(n: int) -> torch.Tensor:
+    """Positions of this process's share of ``n`` items: ``rank, rank + W, ...``."""
+    rank, size = world()
+    return torch.arange(rank, n, size)
+
+
+def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``(n, ...)`` rows whose shares (:func:`shard`) the processes hold, in order, on every one."""
+    rank, size = world()
+    if size == 1:
+        return local
+    import torch.distributed as dist
+
+    per = -(-n // size)
+    pad = torch.zeros((per, *local.shape[1:]), dtype=local.dtype)
+    pad[: len(local)] = local.cpu()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    parts = [torch.empty_like(pad, device=device) for _ in range(size)]
+    dist.all_gather(parts, pad.to(device))
+    out = torch.empty((n, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        count = len(range(r, n, size))
+        out[r::size] = part[:count].cpu()
+    return out
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the processes (in place; ``t`` itself without a process group)."""
+    if active():
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast(obj):
+    """Process 0's ``obj`` on every process (pickled)."""
+    if not active():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,99 @@
+"""``torchrun`` with 2 gloo processes on the CPU gives what 1 process gives: the same fine-tuning
+trajectory (same global batch, BatchNorm frozen, no dropout), the same probe, the same LQF optimum
+with the kernel route and with multi-shift CG. Only process 0 writes the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with the gloo backend",
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMON = [
+    "--data",
+    "digits",
+    "--image-size",
+    "16",
+    "--shots",
+    "9",
+    "--val-per-class",
+    "2",
+    "--max-test",
+    "40",
+]
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+
+
+def _fit(out, model, flags, processes: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LQF_PROGRESS": "line"}
+    args = ["-m", "lqf", "fit", "--model", model, *COMMON, "--quiet", "--out", str(out), *flags]
+    if processes > 1:
+        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _weights(out) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("dist") / "net.pt"
+    torch.save(_net(), path)
+    return f"file:{path}"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--method", "finetune", "--epochs", "2", "--batch-size", "15", "--bn", "frozen", "--lr", "1e-2"],
+        ["--method", "linear-probe"],
+        ["--method", "lqf", "--linearize", "all", "--solver", "kernel"],
+        ["--method", "lqf", "--linearize", "all", "--solver", "cg"],
+    ],
+    ids=["finetune", "probe", "lqf-kernel", "lqf-cg"],
+)
+def test_two_processes_give_the_one_process_result(tmp_path, model, flags) -> None:
+    one = _fit(tmp_path / "one", model, flags, 1)
+    two = _fit(tmp_path / "two", model, flags, 2)
+    assert two["processes"] == 2 and "processes" not in one
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for k in a:  # float rounding of sums split across processes, grown over the steps
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1 / 40 + 1e-9)
+    if flags[1] == "finetune":  # the whole trajectory, epoch by epoch
+        log = lambda p: [json.loads(line) for line in (p / "log.jsonl").read_text().splitlines()]  # noqa: E731
+        for r1, r2 in zip(log(tmp_path / "one"), log(tmp_path / "two"), strict=True):
+            assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-5)
+            assert r2["train_accuracy"] == r1["train_accuracy"]
