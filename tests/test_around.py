@@ -60,9 +60,12 @@ def test_lqf_around_the_core_starts_from_its_weights_and_forgets_outside_it_exac
     _fit(tiny_model_spec, run, capsys, "--method", "lqf", "--linearize", "all", "--around", core_run)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["around"] == str(core_run.resolve()) and metrics["n_train"] == 80
-    # the linearization point is the fine-tuned network: w0 equals its weights, head included
+    assert "core's images" in metrics["head_init"]  # the head: the probe of the core's features
+    # with --head-init random the linearization point is the fine-tuned network itself, head included
+    kept = tmp_path / "kept-head"
+    _fit(tiny_model_spec, kept, capsys, "--method", "lqf", "--around", core_run, "--head-init", "random")
     _, _, ft, _ = load_run(str(core_run))
-    _, _, lqf_model, _ = load_run(str(run))
+    _, _, lqf_model, _ = load_run(str(kept))
     with torch.no_grad():
         for d in lqf_model.linear.delta:
             d.zero_()  # f_lin(x; w0 + 0) = f(x; w0)

@@ -277,6 +277,7 @@ class LQF(Method):
         core = None
         if o.around is not None:
             core = load_around(model, o.around, ctx.config, data.classes)
+            core_images = data.train.subset(torch.as_tensor(core["positions"], dtype=torch.long))
             if o.around_fit == "rest":
                 data = rest_of(data, core)
             ctx.extra["around"] = core["around"]
@@ -303,8 +304,23 @@ class LQF(Method):
         cache = prefix if prefix is not None else nn.Identity()
         xtr = apply(cache, data.train, batch_size=bs, device=device, desc="cache", quiet=ctx.quiet)
         xva = apply(cache, data.val, batch_size=bs, device=device) if has_val else None
-        if core is not None:
+        if core is not None and (o.head_init != "probe" or not isinstance(model.head, nn.Linear)):
             ctx.extra["head_init"] = "the --around run's head"
+        elif core is not None:
+            # the fine-tuned head's outputs are cross-entropy logits, far from the squared loss's
+            # one-hot targets: linearize around the ridge probe of the core's features, fitted on
+            # the core's images only, so that no image outside the core shapes the point w0
+            embed = _embedding(model, suffix)
+            xc = apply(cache, core_images, batch_size=bs, device=device)
+            fva = _apply_tensor(embed, xva, bs, device) if has_val else None
+            ctx.extra["head_ridge_relative"] = fit_probe_head(
+                model,
+                _apply_tensor(embed, xc, bs, device),
+                core_images.labels,
+                fva,
+                data.val.labels if has_val else None,
+            )
+            ctx.extra["head_init"] = "ridge probe of the core's features on the core's images"
         elif o.head_init == "probe" and not isinstance(model.head, nn.Linear):
             # e.g. a fixed classifier: its matrix is a buffer (never linearized), its scale
             # and bias are parameters and are linearized with the head; they start as built
