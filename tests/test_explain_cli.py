@@ -161,3 +161,22 @@ def test_explain_an_image_file(runs, tmp_path, capsys) -> None:
     )
     assert code == 0, err
     assert (tmp_path / "r" / "influence-seven.json").exists() and "predicted" in out
+
+
+@pytest.mark.parametrize("method", ["lqf", "linear-probe"])
+def test_a_run_gives_scores_with_their_variance_and_calibrated_probabilities(runs, method) -> None:
+    from lqf.explain.uncertainty import fit_calibration
+
+    ex = Explainer.from_run(str(runs[method]))
+    data, train, _, _ = training_split(RunDirectory.existing(str(runs[method])), ex.config)
+    images = torch.cat([x for x, _ in data.val.batches(64)])
+    mean, var = ex.predict_with_variance(images)
+    assert mean.shape == var.shape == (len(data.val), 10) and bool((var >= 0).all())
+    torch.testing.assert_close(mean, ex.predict(images))
+    # a training image is better known than a test image far from the data
+    far = torch.rand(1, 3, 16, 16)
+    near = torch.cat([x for x, _ in train.batches(1)][:1])
+    assert float(ex.predict_with_variance(near)[1].mean()) < float(ex.predict_with_variance(far)[1].mean())
+    cal = fit_calibration(mean, var, data.val.labels)
+    p = cal(mean, var)
+    assert torch.allclose(p.sum(1), torch.ones(len(p), dtype=p.dtype)) and cal.temperature > 0

@@ -174,6 +174,23 @@ class Explainer:
         with torch.no_grad():
             return self.model(images.to(self.device)).double().cpu()
 
+    def predict_with_variance(
+        self, images: torch.Tensor, batch: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and their exact posterior variances per unit noise variance, both ``(T, C)``
+        (:meth:`~lqf.explain.ridge.DualRidge.posterior_variance`; the noise variance and a
+        temperature are chosen on validation by :func:`lqf.explain.uncertainty.fit_calibration`)."""
+        if self.kind == "fixed-probe":
+            raise LqfError(
+                "predictive variance is built for LQF and the learned-head probe, not a fixed head"
+            )
+        means, variances = [], []
+        for lo in range(0, len(images), batch):
+            part = images[lo : lo + batch]
+            means.append(self.predict(part))
+            variances.append(self.view.posterior_variance(self._test_view(part)).cpu())
+        return torch.cat(means), torch.cat(variances)
+
     # --------------------------------------------------------------------------- forgetting
     def check_forget(self, indices) -> list[int]:
         """``indices`` as a sorted list, refused with one line if they would empty a class or the set."""

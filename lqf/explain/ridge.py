@@ -121,6 +121,16 @@ class DualRidge:
         k = self.cross_kernel(test).view(test.n, self.classes, self.n, self.classes)
         return torch.einsum("tonc,nc->tno", k, self.alpha.view(self.n, self.classes))
 
+    def posterior_variance(self, test: JacobianFactors) -> torch.Tensor:
+        """``(T, C)`` variance of each class score per unit noise variance: the Bayesian linear
+        regression ``t = f0 + J dw + eps``, ``dw ~ N(0, s^2 M^-1)``, ``eps ~ N(0, sigma^2 I)`` with
+        ``sigma^2 / s^2 = mu`` has this ridge solution as its posterior mean, and
+        ``Var f_c(x) = sigma^2 [k(x, x)_cc - k_c(x, X) G^-1 k_c(x, X)^T] / mu``."""
+        k = self.cross_kernel(test)  # (T C, N C)
+        reduce = ((k @ self.inverse) * k).sum(1).view(test.n, self.classes)
+        prior = test.diagonal(self.metric)  # k(x, x)_cc
+        return (prior - reduce).clamp_min(0.0) / self.mu
+
     # --------------------------------------------------------------------------- forgetting
     def forget(self, indices: Sequence[int]) -> torch.Tensor:
         """``alpha`` of the problem without the examples ``indices`` (zero on their rows): the
@@ -179,6 +189,15 @@ class ProbeRidge:
         """``f(x) = sum_i s_i(x) y_i``: each training example's share ``(T, N, C)``."""
         s = self._test(features) @ self.inverse @ self.phi.T
         return s.unsqueeze(2) * self.targets.unsqueeze(0)
+
+    def posterior_variance(self, features: torch.Tensor) -> torch.Tensor:
+        """``(T, C)`` variance of each class score per unit noise variance: with
+        ``W ~ N(0, sigma^2 / lam)``, a flat prior on ``b`` and noise ``N(0, sigma^2)`` the ridge
+        solution is the posterior mean and ``Var f_c(x) = sigma^2 phi~^T A^-1 phi~``, the same
+        for every class."""
+        phi = self._test(features)
+        v = ((phi @ self.inverse) * phi).sum(1)
+        return v.unsqueeze(1).expand(-1, self.classes).clone()
 
     def forget(self, indices: Sequence[int]) -> torch.Tensor:
         """``[W; b]`` ``(D + 1, C)`` of the problem without ``indices`` (a direct solve)."""
