@@ -288,7 +288,9 @@ def report(results: dict) -> str:
     lines = [
         "# Exact explanations on the real model",
         "",
-        "Commands: " + "; ".join(f"{k}: `{v}`" for k, v in results["commands"].items()) + f". Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} on the CPU. "
+        "Commands: "
+        + "; ".join(f"{k}: `{v}`" for k, v in results["commands"].items())
+        + f". Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} on the CPU. "
         "efficientnet_lite0, 64 px, 20 validation images per class, `lqf fit` defaults.",
         "",
     ]
