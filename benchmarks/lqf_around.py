@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -119,6 +120,26 @@ def part_accuracy(datasets: list[str], shots: list[int], seeds: list[int], fract
     return table
 
 
+def _core_copy(core_dir: str, removed: list[int], n: int) -> str:
+    """A copy of the core run whose ``core.json`` counts positions in the split without ``removed``."""
+    import shutil
+    import tempfile
+
+    out = os.path.join(tempfile.mkdtemp(prefix="lqf-core-"), "core")
+    shutil.copytree(core_dir, out)
+    with open(os.path.join(out, "core.json")) as handle:
+        core = json.load(handle)
+    gone = set(removed)
+    shift = [0] * n
+    for i in range(1, n):
+        shift[i] = shift[i - 1] + (i - 1 in gone)
+    core["positions"] = [p - shift[p] for p in core["positions"]]
+    core["n_train"] = n - len(removed)
+    with open(os.path.join(out, "core.json"), "w") as handle:
+        json.dump(core, handle)
+    return out
+
+
 def part_forget() -> dict:
     import torch
 
@@ -138,8 +159,10 @@ def part_forget() -> dict:
     core_dir, around_dir = os.path.join(folder, "core-0.5"), os.path.join(folder, "around-0.5")
     runs_of("fashion-mnist", 25, 0, [0.5])
     run = RunDirectory.existing(around_dir)
-    config = from_dict(FitConfig, run.read_config()["run"])
-    options = from_dict(get_method("lqf").Options, run.read_config()["method_options"])
+    config = from_dict(FitConfig, run.read_config()["run"], source=run.file("config.json"))
+    options = from_dict(
+        get_method("lqf").Options, run.read_config()["method_options"], source=run.file("config.json")
+    )
     data = load_config_data(config)
     ex = Explainer.from_run(around_dir)
     n = ex.n
@@ -152,6 +175,7 @@ def part_forget() -> dict:
     ft_config = from_dict(
         FitConfig,
         {**run.read_config()["run"], "method": "finetune", "epochs": EPOCHS[25], "batch_size": BATCH},
+        source="the forget part",
     )
     recipe = RECIPES[("fashion-mnist", 25)]
     ft_options = get_method("finetune").Options(
@@ -171,8 +195,10 @@ def part_forget() -> dict:
         want = test.outputs.double() + test.jvp([d.to(test.dtype) for d in delta]).double()
         got = test.outputs.double() + test.jvp([d.detach() for d in model.linear.delta]).double()
         reduced = DataSplits(data.name, data.train.subset(keep), data.val, data.test, data.classes)
+        # the same core, its positions counted in the reduced split (only images outside it go)
+        moved = _core_copy(core_dir, removed, n)
         start = time.perf_counter()
-        fit(config, options, data=reduced, quiet=True)
+        fit(config, dataclasses.replace(options, around=moved), data=reduced, quiet=True)
         refit_s = time.perf_counter() - start
         start = time.perf_counter()
         fit(ft_config, ft_options, data=reduced, quiet=True)

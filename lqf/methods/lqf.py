@@ -277,6 +277,11 @@ class LQF(Method):
         core = None
         if o.around is not None:
             core = load_around(model, o.around, ctx.config, data.classes)
+            if core["n_train"] != len(data.train):
+                raise LqfError(
+                    f"--around {o.around!r}: its core was drawn from {core['n_train']} training images, this "
+                    f"run has {len(data.train)}; fit on the same split"
+                )
             core_images = data.train.subset(torch.as_tensor(core["positions"], dtype=torch.long))
             if o.around_fit == "rest":
                 data = rest_of(data, core)
