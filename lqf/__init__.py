@@ -7,6 +7,6 @@ checkpoints), ``runs`` (run directories), ``reports`` (plots, tables) and
 ``cli``. Heavy modules are imported lazily so ``lqf --help`` is instant.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]
