@@ -71,7 +71,26 @@ def init_from_env(device: str) -> str:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
+    import atexit
+
+    atexit.register(close)  # a process that exits with its group open can abort in gloo's threads
     return local_device(device)
+
+
+def finish() -> None:
+    """Wait for every process, then leave the group (the end of a run under ``torchrun``)."""
+    if active():
+        import torch.distributed as dist
+
+        dist.barrier()
+        close()
+
+
+def close() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_device(device: str) -> str:

@@ -119,6 +119,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     result = fit(config, options, out=out, quiet=args.quiet, resume=bool(args.resume))
     if main:
         print_summary(result.metrics, out)
+    distributed.finish()
     return 0
 
 

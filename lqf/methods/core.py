@@ -125,3 +125,21 @@ def rest_of(data, core: dict[str, Any]):
     keep = torch.ones(len(data.train), dtype=torch.bool)
     keep[core["positions"]] = False
     return replace(data, train=data.train.subset(keep))
+
+
+def around_core(model: torch.nn.Module, path: str, fit: str, ctx, data):
+    """Load the core run ``path`` into ``model`` for ``lqf --around``: ``(core, data, core_images)``,
+    ``data`` cut to the images outside the core when ``fit`` is ``rest``."""
+    core = load_around(model, path, ctx.config, data.classes)
+    if core["n_train"] != len(data.train):
+        raise LqfError(
+            f"--around {path!r}: its core was drawn from {core['n_train']} training images, this "
+            f"run has {len(data.train)}; fit on the same split"
+        )
+    core_images = data.train.subset(torch.as_tensor(core["positions"], dtype=torch.long))
+    if fit == "rest":
+        data = rest_of(data, core)
+    ctx.extra["around"] = core["around"]
+    ctx.extra["core_fraction"] = core["fraction"]
+    ctx.extra["n_train"] = len(data.train)
+    return core, data, core_images

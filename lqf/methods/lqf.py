@@ -49,7 +49,7 @@ from lqf.linearization import LinearizedModel, swap_activations
 from lqf.linearization.chain import link_of, split_at
 from lqf.linearization.lqf_model import PREDICT_MODES, LQFModel
 from lqf.methods.base import FitContext, Method, register_method
-from lqf.methods.core import CORE, load_around, rest_of
+from lqf.methods.core import CORE, around_core
 from lqf.methods.lqf_solve import make_plan, predict_linear, solve_kfac_cg, solve_ridges
 from lqf.models.transfer import TransferModel
 from lqf.solvers.ridge import GRID, mean_eigenvalue, ridge_path
@@ -274,20 +274,9 @@ class LQF(Method):
     def fit(self, model: TransferModel, data, ctx: FitContext) -> LQFModel:
         o: LQFOptions = self.options
         device = ctx.device
-        core = None
+        core, core_images = None, None
         if o.around is not None:
-            core = load_around(model, o.around, ctx.config, data.classes)
-            if core["n_train"] != len(data.train):
-                raise LqfError(
-                    f"--around {o.around!r}: its core was drawn from {core['n_train']} training images, this "
-                    f"run has {len(data.train)}; fit on the same split"
-                )
-            core_images = data.train.subset(torch.as_tensor(core["positions"], dtype=torch.long))
-            if o.around_fit == "rest":
-                data = rest_of(data, core)
-            ctx.extra["around"] = core["around"]
-            ctx.extra["core_fraction"] = core["fraction"]
-            ctx.extra["n_train"] = len(data.train)
+            core, data, core_images = around_core(model, o.around, o.around_fit, ctx, data)
         model.to(device).eval()
         original = copy.deepcopy(model) if o.leaky_slope > 0 and o.repair_steps > 0 else None
         swapped = swap_activations(model, o.leaky_slope, o.leaky_clip) if o.leaky_slope > 0 else 0
