@@ -3,6 +3,8 @@
     lqf prune --from runs/ft --target-drop 1 --rounds 3 --trials 24 --out runs/pruned
     lqf prune --model efficientnet_lite0 --data fashion-mnist --shots 200 --out runs/pruned
     lqf prune --resume runs/pruned
+    lqf prune --from runs/ft --storage journal:runs/search.log --study ft --out runs/pruned
+    lqf prune --worker --storage journal:runs/search.log --study ft     # more processes, same search
 
 Without ``--from`` the model is first fine-tuned (``lqf fit`` defaults, into
 ``RUN_DIR/finetune``). With ``--from`` the data split settings come from that
@@ -23,6 +25,8 @@ from lqf.errors import LqfError
 
 #: run settings that may differ from the --from run (they do not change the data split)
 FREE_SETTINGS = ("batch_size", "device", "threads", "max_test")
+#: what a --worker may set: where the search is, and this process's resources
+WORKER_SETTINGS = ("storage", "study", "device", "threads")
 
 
 def add_prune_parser(sub: argparse._SubParsersAction, flags: bool = True) -> None:
@@ -40,6 +44,12 @@ def add_prune_parser(sub: argparse._SubParsersAction, flags: bool = True) -> Non
     pr.add_argument("--out", help="run directory to write (default: runs/prune-<strategy>-<data>-<time>)")
     pr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted prune run")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.add_argument(
+        "--worker",
+        action="store_true",
+        help="evaluate trials of the shared search --study in --storage (started by lqf prune "
+        "--storage URL --study NAME) until it is done; nothing else is needed",
+    )
     if not flags:
         pr.set_defaults(func=cmd_prune)
         return
@@ -72,17 +82,9 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, str | None, str]:
         if extra:
             names = ", ".join("--" + ("from" if n == "source" else n.replace("_", "-")) for n in extra)
             raise LqfError(f"--resume continues a run with its saved settings; drop {names}")
-        saved = read_json(run.file("config.json"))
-        if "prune_options" not in saved:
-            raise LqfError(f"{args.resume!r} is not a prune run (no prune options in its config.json)")
         if run.has("metrics.json"):
             raise LqfError(f"prune run {args.resume!r} already finished; see {run.file('metrics.json')}")
-        source = saved.get("source")
-        config = from_dict(FitConfig, saved["run"], source=run.file("config.json"))
-        ft = from_dict(FinetuneOptions, saved.get("method_options", {}), source=run.file("config.json"))
-        # runs saved before --space existed searched per-group fractions
-        saved_options = {"space": "fraction"} | saved["prune_options"]
-        options = from_dict(PruneOptions, saved_options, source=run.file("config.json"))
+        config, ft, options, source = saved_settings(args.resume)
         return config, ft, options, source, args.resume
     options = from_dict(PruneOptions, prune_flags, source="the command line")
     if args.source:
@@ -125,13 +127,95 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, Any, str | None, str]:
     return config, ft, options, source, out
 
 
+def saved_settings(folder: str) -> tuple[Any, Any, Any, str | None]:
+    """``(config, finetune_options, prune_options, source)`` of the prune run in ``folder``."""
+    from lqf.config import FitConfig, from_dict
+    from lqf.io import read_json
+    from lqf.methods.finetune import FinetuneOptions
+    from lqf.pruning.options import PruneOptions
+    from lqf.runs import RunDirectory
+
+    run = RunDirectory.existing(folder)
+    saved = read_json(run.file("config.json"))
+    if "prune_options" not in saved:
+        raise LqfError(f"{folder!r} is not a prune run (no prune options in its config.json)")
+    config = from_dict(FitConfig, saved["run"], source=run.file("config.json"))
+    ft = from_dict(FinetuneOptions, saved.get("method_options", {}), source=run.file("config.json"))
+    # runs saved before --space existed searched per-group fractions
+    saved_options = {"space": "fraction"} | saved["prune_options"]
+    options = from_dict(PruneOptions, saved_options, source=run.file("config.json"))
+    return config, ft, options, saved.get("source")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``lqf prune --worker``: evaluate trials of a shared search (:func:`lqf.pruning.shared.work`)."""
+    from lqf.cli.flags import given
+    from lqf.pruning.shared import work
+
+    flags = {**given(args, args.run_names), **given(args, args.prune_names)}
+    extra = [n for n in flags if n not in WORKER_SETTINGS] + [
+        n for n in ("source", "out", "resume") if getattr(args, n)
+    ]
+    if extra:
+        names = ", ".join("--" + ("from" if n == "source" else n.replace("_", "-")) for n in extra)
+        raise LqfError(
+            f"--worker takes its settings from the coordinator's run; drop {names} "
+            "(a worker needs only --storage, --study, and optionally --threads and --device)"
+        )
+    if not flags.get("storage") or not flags.get("study"):
+        raise LqfError("--worker needs --storage URL and --study NAME: the ones the coordinator was given")
+    say = lambda text: print(text, flush=True)
+
+    def load(folder: str):
+        from lqf.pruning.measure import search_inputs
+        from lqf.pruning.spaces import make_space
+
+        config, ft, options, source = saved_settings(folder)
+        config = dataclasses.replace(config, **{k: flags[k] for k in ("device", "threads") if k in flags})
+        if options.storage is None:
+            raise LqfError(f"the run {folder!r} does not share its search (it has no --storage)")
+        model, data = _load_start(
+            config,
+            ft,
+            source or os.path.join(folder, "finetune"),
+            folder,
+            True,
+            say,
+            lambda: None,
+            extra_val=options.extra_val,
+        )
+        model.to(config.device)
+        inputs = search_inputs(model, data, config, options)
+
+        def space_of(state):
+            model.load_state_dict(state["model"])
+            model.eval()
+            return make_space(
+                options.space,
+                inputs.layers,
+                theta_max=options.theta_max,
+                max_step=options.max_step,
+                group_factor=options.group_factor,
+            )
+
+        return inputs.measure, space_of
+
+    work(flags["storage"], flags["study"], load, say=say)
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from lqf import __version__, distributed
     from lqf.io import write_json
     from lqf.pruning.finepruning import prune
 
     if distributed.launched():
-        raise LqfError("lqf prune runs in one process; start it without torchrun (lqf fit runs under it)")
+        raise LqfError(
+            "lqf prune runs in one process; start it without torchrun (lqf fit runs under it), and "
+            "share its search with lqf prune --worker"
+        )
+    if getattr(args, "worker", False):
+        return cmd_worker(args)
     from lqf.runs import RunDirectory
 
     config, ft_options, options, source, out = resolve(args)

@@ -62,7 +62,6 @@ at most the step it was in, and no finished trial.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -75,9 +74,9 @@ from lqf.config import FitConfig
 from lqf.errors import LqfError
 from lqf.pruning import tuning
 from lqf.pruning.candidates import back_off, keep_if_best, restore_best, undo_reason
-from lqf.pruning.layers import find_prunable, groups_of
+from lqf.pruning.layers import groups_of
 from lqf.pruning.masks import MaskSet
-from lqf.pruning.measure import MaskedAccuracy, bn_batches, held_out, validation_subset
+from lqf.pruning.measure import search_inputs
 from lqf.pruning.objective import Objective
 from lqf.pruning.options import PruneOptions
 from lqf.pruning.results import finish
@@ -140,20 +139,12 @@ def prune(
     device = config.device
     check_device(device)
     model.to(device)
-    layers = find_prunable(
-        model, include_head=options.prune_head, exclude=options.excluded, grouping=options.groups
-    )
+    inputs = search_inputs(model, data, config, options)
+    layers, search_data, select, subset = inputs.layers, inputs.search_data, inputs.select, inputs.subset
+    measure, eval_batch = inputs.measure, inputs.eval_batch
     groups = groups_of(layers)
     masks = MaskSet(layers)
     unpruned = state_of(model, masks)  # the fall-back when no pruned candidate is within the target
-    if len(data.val) == 0:
-        raise LqfError("the validation split is empty; pruning chooses rates on it: use --val-per-class >= 1")
-    # the search, its fine-tuning logs and the trials see `search_data.val`; the candidates are judged
-    # on `select` when part of the validation split is held out for that (--select-val)
-    search_val, select = held_out(data.val, options.select_val)
-    search_data = dataclasses.replace(data, val=search_val) if select is not None else data
-    subset = validation_subset(search_data, options.val_subset)
-    eval_batch = max(256, config.batch_size)
 
     def judge(model: nn.Module, val: float | None = None) -> float:
         """The accuracy the candidates are judged by (``val``: the search split's, when it is that)."""
@@ -217,8 +208,14 @@ def prune(
     last = len(steps) - 1
     snapshots: dict[int, dict[str, Any]] = {}  # round -> state (in memory when there is no run)
     undo = options.back_off_rounds if keeping and options.final_epochs > 0 else 0
-    recal = bn_batches(data, config.batch_size, options.bn_batches, config.seed + 7919)
-    measure = MaskedAccuracy(model, layers, subset, eval_batch, device, recal)
+    coordinator = None
+    if options.storage is not None:
+        from lqf.pruning.shared import Coordinator
+        from lqf.pruning.storage import open_storage
+
+        if run is None:
+            raise LqfError("a shared search (--storage) needs a run directory its workers can read")
+        coordinator = Coordinator(open_storage(options.storage, options.heartbeat), options.study, run.path)
     for index, (kind, arg) in enumerate(steps):
         if index < first:
             continue
@@ -237,6 +234,7 @@ def prune(
                 run,
                 quiet,
                 say,
+                coordinator=coordinator,
             )
         elif kind == "prune":
             prune_once(layers, masks, options, history, say)
@@ -294,6 +292,8 @@ def prune(
                 )
         restore_best(model, masks, history, run, last, say, kept, options, unpruned)
     model.eval()
+    if coordinator is not None:
+        coordinator.finish(run.path, options.rounds)
     metrics = finish(model, masks, data, select, config, options, history, run, eval_batch, quiet)
     for r in range(1, options.rounds):  # only a resumed back-off needs them
         if run is not None and run.has(SNAPSHOT.format(r)):

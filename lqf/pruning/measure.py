@@ -11,13 +11,14 @@ re-estimates BatchNorm statistics on fixed training batches
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from lqf.errors import LqfError
-from lqf.pruning.layers import PrunableLayer
+from lqf.pruning.layers import PrunableLayer, find_prunable
 from lqf.pruning.masks import layer_masks
 
 
@@ -126,3 +127,35 @@ def bn_batches(data, batch_size: int, count: int, seed: int) -> list[torch.Tenso
         if len(out) == count:
             break
     return out
+
+
+@dataclass
+class SearchInputs:
+    """What the search and its trials see, the same in every process of a shared search."""
+
+    layers: list[PrunableLayer]
+    search_data: Any  #: the data split with the held-out images (``select``) taken out of ``val``
+    select: Any  #: the held-out validation images that judge the candidates, or ``None``
+    subset: Any  #: the validation images every trial is evaluated on
+    measure: MaskedAccuracy
+    eval_batch: int
+
+
+def search_inputs(model: nn.Module, data, config, options) -> SearchInputs:
+    """The prunable layers of ``model``, the validation images of the search, and the trial measure
+    (``config``: a :class:`~lqf.config.FitConfig`; ``options``: a
+    :class:`~lqf.pruning.options.PruneOptions`)."""
+    import dataclasses
+
+    layers = find_prunable(
+        model, include_head=options.prune_head, exclude=options.excluded, grouping=options.groups
+    )
+    if len(data.val) == 0:
+        raise LqfError("the validation split is empty; pruning chooses rates on it: use --val-per-class >= 1")
+    search_val, select = held_out(data.val, options.select_val)
+    search_data = dataclasses.replace(data, val=search_val) if select is not None else data
+    subset = validation_subset(search_data, options.val_subset)
+    eval_batch = max(256, config.batch_size)
+    recal = bn_batches(data, config.batch_size, options.bn_batches, config.seed + 7919)
+    measure = MaskedAccuracy(model, layers, subset, eval_batch, config.device, recal)
+    return SearchInputs(layers, search_data, select, subset, measure, eval_batch)

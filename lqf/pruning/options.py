@@ -161,6 +161,19 @@ class PruneOptions:
     )
     distill_temperature: float = option(4.0, "temperature T of --distill", advanced=True)
     half: bool = option(False, "store the compressed checkpoint in float16", advanced=True)
+    storage: str | None = option(
+        None,
+        "share the search with worker processes (lqf prune --worker --storage URL --study NAME) "
+        "through this Optuna storage: journal:PATH on one machine, a database URL such as "
+        "postgresql://user@host/db on several",
+    )
+    study: str | None = option(None, "with --storage: the name of the shared study")
+    heartbeat: int = option(
+        10,
+        "with --storage: seconds between heartbeats of a running trial; one silent for 3 heartbeats "
+        "is marked failed and retried",
+        advanced=True,
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -237,7 +250,20 @@ class PruneOptions:
                 f"--target-compression is for --strategy uniform or global, not {self.strategy}; "
                 "use --target-drop or --gamma",
             ),
+            (
+                (self.storage is None) != (self.study is None),
+                "--storage and --study go together: give both to share the search, or neither",
+            ),
+            (
+                self.storage is not None and not self.searched,
+                f"--storage shares a search; --strategy {self.strategy} prunes once without one",
+            ),
+            (self.heartbeat < 1, f"--heartbeat must be >= 1 second, got {self.heartbeat}"),
         ]
+        if self.storage is not None:
+            from lqf.pruning.storage import check_url
+
+            check_url(self.storage)
         for failed, message in checks:
             if failed:
                 raise LqfError(message)

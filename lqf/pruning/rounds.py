@@ -15,10 +15,24 @@ from lqf.pruning.state import save_history
 
 
 def search_step(
-    round_index, model, layers, masks, measure, objective, options, config, history, run, quiet, say
+    round_index,
+    model,
+    layers,
+    masks,
+    measure,
+    objective,
+    options,
+    config,
+    history,
+    run,
+    quiet,
+    say,
+    coordinator=None,
 ):
     """Round ``round_index``: search its space for the best ``theta`` by ``measure`` (warm-started from
-    the previous round's best trials and the global-threshold starts), then apply its masks."""
+    the previous round's best trials and the global-threshold starts), then apply its masks.
+    With a ``coordinator`` (:class:`lqf.pruning.shared.Coordinator`) the round's trials are shared
+    with the worker processes of its study."""
     from lqf.training.progress import progress
 
     space = make_space(
@@ -55,19 +69,43 @@ def search_step(
         save_history(run, history)
         next(bar, None)
 
-    records = search_round(
-        space=space,
-        evaluate=measure,
-        objective=objective,
-        trials=options.trials,
-        sampler="gp" if options.strategy == "bo" else "random",
-        seed=config.seed * 1000 + round_index,
-        startup_trials=options.startup_trials,
-        warm=warm,
-        done=done,
-        on_trial=record,
-        round_index=round_index,
-    )
+    sampler = "gp" if options.strategy == "bo" else "random"
+    seed = config.seed * 1000 + round_index
+    if coordinator is None:
+        records = search_round(
+            space=space,
+            evaluate=measure,
+            objective=objective,
+            trials=options.trials,
+            sampler=sampler,
+            seed=seed,
+            startup_trials=options.startup_trials,
+            warm=warm,
+            done=done,
+            on_trial=record,
+            round_index=round_index,
+        )
+    else:
+        from lqf.pruning.state import state_of
+
+        records = coordinator.search(
+            round_index,
+            space=space,
+            measure=measure,
+            objective=objective,
+            trials=options.trials,
+            sampler=sampler,
+            seed=seed,
+            startup_trials=options.startup_trials,
+            warm=warm,
+            state=state_of(model, masks),
+            folder=run.path,
+            on_record=lambda trial: next(bar, None),
+        )
+        history["trials"] = [t for t in history["trials"] if t["round"] != round_index] + records
+        save_history(run, history)
+        by_workers = sum(r["worker"] != "coordinator" for r in records)
+        say(f"round {round_index}: {len(records)} trials, {by_workers} of them by worker processes")
     best = objective.best(records)
     masks.update(space.masks(best["theta"]))
     counts = masks.counts()

@@ -88,14 +88,8 @@ def search_round(
     """
     optuna = _optuna()
     bounds = space.bounds()
-    distributions = {
-        name: optuna.distributions.FloatDistribution(low, high, log=log)
-        for name, (low, high, log) in bounds.items()
-    }
-
-    def clip(point: Mapping[str, float]) -> dict[str, float]:
-        return {name: min(high, max(low, float(point[name]))) for name, (low, high, _) in bounds.items()}
-
+    distributions = distributions_of(space)
+    clip = lambda point: clip_to(space, point)
     study = optuna.create_study(
         direction="maximize", sampler=make_sampler(sampler, seed=seed, startup_trials=startup_trials)
     )
@@ -118,29 +112,67 @@ def search_round(
         theta = {name: float(trial.params[name]) for name in bounds}
         accuracy = float(evaluate(theta))
         evaluated = time.perf_counter()
-        removed = space.compression(theta)
-        value = objective.value(accuracy, removed.removed)
         if objective.constrained:
             trial.set_constraint(CONSTRAINT, objective.violation(accuracy))
-        study.tell(trial, value)
-        record = {
-            "round": round_index,
-            "number": number,
-            "theta": theta,
-            "warm": number < len(warm),  # a queued start (previous round's best, or a global-threshold one)
-            "accuracy": accuracy,
-            "drop": objective.drop(accuracy),
-            "removed": removed.removed,
-            "compression": removed.rate,
-            "value": value,
-            "feasible": objective.feasible(accuracy),
-            "sampler_seconds": asked - start + time.perf_counter() - evaluated,
-            "eval_seconds": evaluated - asked,
-        }
+        record = trial_record(
+            theta,
+            accuracy,
+            space=space,
+            objective=objective,
+            round_index=round_index,
+            number=number,
+            warm=number < len(warm),
+            eval_seconds=evaluated - asked,
+        )
+        study.tell(trial, record["value"])
+        record["sampler_seconds"] = asked - start + time.perf_counter() - evaluated
         records.append(record)
         if on_trial is not None:
             on_trial(record)
     return records
+
+
+def trial_record(
+    theta: Mapping[str, float],
+    accuracy: float,
+    *,
+    space,
+    objective: Objective,
+    round_index: int,
+    number: int,
+    warm: bool,
+    eval_seconds: float,
+) -> dict[str, Any]:
+    """What a trial is remembered by: its ``theta``, accuracy, drop, compression and value."""
+    removed = space.compression(theta)
+    return {
+        "round": round_index,
+        "number": number,
+        "theta": dict(theta),
+        "warm": warm,  # a queued start (previous round's best, or a global-threshold one)
+        "accuracy": accuracy,
+        "drop": objective.drop(accuracy),
+        "removed": removed.removed,
+        "compression": removed.rate,
+        "value": objective.value(accuracy, removed.removed),
+        "feasible": objective.feasible(accuracy),
+        "sampler_seconds": 0.0,
+        "eval_seconds": eval_seconds,
+    }
+
+
+def distributions_of(space) -> dict[str, Any]:
+    """Optuna's distributions of the space's box."""
+    optuna = _optuna()
+    return {
+        name: optuna.distributions.FloatDistribution(low, high, log=log)
+        for name, (low, high, log) in space.bounds().items()
+    }
+
+
+def clip_to(space, point: Mapping[str, float]) -> dict[str, float]:
+    """``point`` moved into the space's box."""
+    return {name: min(high, max(low, float(point[name]))) for name, (low, high, _) in space.bounds().items()}
 
 
 def _optuna():
