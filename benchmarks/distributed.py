@@ -2,7 +2,9 @@
 """One process against two under ``torchrun`` on this machine, and the bytes each step sends.
 
 ``lqf fit --method finetune`` (efficientnet_lite0, fashion-mnist, 25 images per class, 2 epochs,
-batch 64, ``--bn frozen``) and ``--method linear-probe``: one process with all the cores, then
+batch 64, ``--bn frozen``), ``--method linear-probe`` and ``--method lqf --solver cg`` (each
+process makes the tangent factors of its share of the images; every CG product all-reduces the
+linearized parameters): one process with all the cores, then
 ``torchrun --standalone --nproc_per_node 2`` with one thread each (gloo). On a 2-core machine
 two processes share the cores one process already used, so this measures the overhead of the
 split (communication, the redundant solve), not a speed-up. Bytes: a fine-tuning step all-reduces
@@ -44,6 +46,7 @@ COMMON = [
 RUNS = {
     "finetune": ["--method", "finetune", "--epochs", "2", "--batch-size", "64", "--bn", "frozen"],
     "linear-probe": ["--method", "linear-probe"],
+    "lqf-cg": ["--method", "lqf", "--solver", "cg"],
 }
 
 
@@ -63,6 +66,8 @@ def fit(out: str, flags: list[str], processes: int) -> dict:
         "train_seconds": m["train_seconds"],
         "test_accuracy": m["test_accuracy"],
         "trained_parameters": m.get("trained_parameters"),
+        "linearized_parameters": m.get("linearized_parameters"),
+        "solver_info": m.get("solver_info"),
     }
 
 
@@ -79,6 +84,16 @@ def main() -> int:
     results["bytes_per_step"] = 4 * (params + 2)
     results["ring_bytes_sent_per_process_per_step"] = {
         w: 2 * (w - 1) / w * 4 * (params + 2) for w in (2, 8, 32)
+    }
+    lqf = results["runs"]["lqf-cg@2"]
+    info = lqf["solver_info"]
+    results["lqf_cg"] = {
+        "linearized_parameters": lqf["linearized_parameters"],
+        "matrix_products": info["matrix_products"],
+        "all_reduce_calls": info["all_reduce_calls"],
+        "all_reduce_bytes": info["all_reduce_bytes"],
+        "all_reduce_bytes_each": info["all_reduce_bytes_each"],
+        "gather_bytes": info["gather_bytes"],
     }
     with open(os.path.join(HERE, "results", "distributed.json"), "w") as handle:
         json.dump(results, handle, indent=1)
@@ -106,6 +121,12 @@ def main() -> int:
         f"a ring all-reduce sends {ring[2] / 2**20:.1f} MiB per process with 2 processes, {ring[8] / 2**20:.1f} MiB with 8 and "
         f"{ring[32] / 2**20:.1f} MiB with 32; this run made {steps} steps. The probe and LQF gather their images' rows once "
         "(5 KB per image of features), then solve on every process.",
+        "",
+        f"LQF with multi-shift CG on 2 processes: each made the tangent factors of its half of the images; the solve took "
+        f"{results['lqf_cg']['matrix_products']} products with J^T J and made {results['lqf_cg']['all_reduce_calls']} all-reduces "
+        f"(one per product, one for J^T r) of {results['lqf_cg']['all_reduce_bytes_each'] / 2**20:.2f} MiB each: the "
+        f"{results['lqf_cg']['linearized_parameters']:,} linearized parameters in float32; rows gathered for the outputs and "
+        f"accuracies: {results['lqf_cg']['gather_bytes'] / 2**10:.0f} KiB in all.",
         "",
     ]
     with open(os.path.join(HERE, "results", "distributed.md"), "w") as handle:

@@ -27,6 +27,10 @@ import torch
 
 from lqf.errors import LqfError
 
+#: what this process has sent through :func:`all_reduce_sum` and :func:`gather_rows`: calls and bytes
+#: (the tensors handed to torch.distributed, not what the backend's algorithm moves on the wire)
+TRAFFIC = {"all_reduce_calls": 0, "all_reduce_bytes": 0, "gather_calls": 0, "gather_bytes": 0}
+
 
 def launched() -> bool:
     """Whether this process was started by ``torchrun`` with more than one process."""
@@ -117,6 +121,8 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     pad[: len(local)] = local.cpu()
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     parts = [torch.empty_like(pad, device=device) for _ in range(size)]
+    TRAFFIC["gather_calls"] += 1
+    TRAFFIC["gather_bytes"] += pad.numel() * pad.element_size()
     dist.all_gather(parts, pad.to(device))
     out = torch.empty((n, *local.shape[1:]), dtype=local.dtype)
     for r, part in enumerate(parts):
@@ -130,6 +136,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if active():
         import torch.distributed as dist
 
+        TRAFFIC["all_reduce_calls"] += 1
+        TRAFFIC["all_reduce_bytes"] += t.numel() * t.element_size()
         dist.all_reduce(t)
     return t
 

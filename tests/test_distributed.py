@@ -92,6 +92,11 @@ def test_two_processes_give_the_one_process_result(tmp_path, model, flags) -> No
     for k in a:  # float rounding of sums split across processes, grown over the steps
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1 / 40 + 1e-9)
+    if flags[-1] == "cg":  # each process made its share of the factors; CG all-reduced P floats per product
+        info = two["solver_info"]
+        assert info["processes"] == 2 and "all_reduce_calls" not in one["solver_info"]
+        assert info["all_reduce_calls"] == info["matrix_products"] + 1  # and one for the right-hand side
+        assert info["all_reduce_bytes"] == info["all_reduce_calls"] * 4 * two["linearized_parameters"]
     if flags[1] == "finetune":  # the whole trajectory, epoch by epoch
         log = lambda p: [json.loads(line) for line in (p / "log.jsonl").read_text().splitlines()]  # noqa: E731
         for r1, r2 in zip(log(tmp_path / "one"), log(tmp_path / "two"), strict=True):

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from lqf import distributed
 from lqf.linearization.factors import JacobianFactors
 from lqf.linearization.linear_model import LinearizedModel
 from lqf.linearization.streamed import StreamedJacobian
@@ -90,7 +91,19 @@ def solve_ridges(
     """Solve every ridge by ``plan``'s route, keep the best on validation in ``lin.delta``;
     returns the chosen ridge's record."""
     quiet = ctx.quiet
-    train = _jacobian(lin, xtr, plan.storage, "tangent factors (train)", quiet)
+    if plan.route == "cg" and distributed.active():
+        # under torchrun each process makes the factors of its share of the rows only; CG's products
+        # with J^T J are then one all-reduce of the P linearized parameters each
+        from lqf.linearization.sharded import ShardedJacobian
+
+        rows = distributed.shard(len(xtr))
+        local = _jacobian(
+            lin, xtr[rows], plan.storage, "tangent factors (train, this process's share)", quiet
+        )
+        train = ShardedJacobian(local, len(xtr))
+    else:
+        train = _jacobian(lin, xtr, plan.storage, "tangent factors (train)", quiet)
+    traffic = dict(distributed.TRAFFIC)
     # validation needs only J_val dw per ridge: jvp passes (no factors, no backward pass)
     val = _jacobian(lin, xva, "streamed", "validation outputs", quiet) if xva is not None else None
     if plan.route == "kernel":
@@ -123,6 +136,14 @@ def solve_ridges(
             on_iteration=on_iteration,
         )
         stage.close()
+        if distributed.active():
+            sent = {k: distributed.TRAFFIC[k] - traffic[k] for k in traffic}
+            result.info["processes"] = distributed.world()[1]
+            result.info["all_reduce_calls"] = sent["all_reduce_calls"]
+            result.info["all_reduce_bytes"] = sent["all_reduce_bytes"]
+            result.info["gather_bytes"] = sent["gather_bytes"]
+            # one all-reduce of the P linearized parameters per product with J^T J, one for J^T r
+            result.info["all_reduce_bytes_each"] = sent["all_reduce_bytes"] / max(1, sent["all_reduce_calls"])
     with torch.no_grad():
         for d, v in zip(lin.delta, result.delta, strict=True):
             d.copy_(v)
