@@ -180,3 +180,58 @@ def test_a_run_gives_scores_with_their_variance_and_calibrated_probabilities(run
     cal = fit_calibration(mean, var, data.val.labels)
     p = cal(mean, var)
     assert torch.allclose(p.sum(1), torch.ones(len(p), dtype=p.dtype)) and cal.temperature > 0
+
+
+@pytest.mark.parametrize("method", ["lqf", "linear-probe"])
+def test_predict_gives_calibrated_probabilities_with_their_spread(runs, tmp_path, capsys, method) -> None:
+    """``lqf predict`` on a linear run: the probit probabilities of the temperature and noise chosen on
+    validation (written once to calibration.json), each with the spread of the softmax under the
+    scores' posterior; ``--raw`` the plain softmax."""
+    import shutil
+
+    from lqf.explain.calibrated import CALIBRATION, probability_spread
+    from lqf.explain.uncertainty import Calibration, fit_calibration
+
+    run = tmp_path / method
+    shutil.copytree(runs[method], run)
+    pixels = (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    code, out, err = run_cli(["predict", run, tmp_path / "x.png", "--top-k", "10", "--json"], capsys)
+    assert code == 0, err
+    (item,) = json.loads(out)
+    saved = json.loads((run / CALIBRATION).read_text())
+    # the same choice, made here from the closed forms
+    ex = Explainer.from_run(str(run))
+    data, _, _, _ = training_split(RunDirectory.existing(str(run)), ex.config)
+    val = torch.cat([x for x, _ in data.val.batches(64)])
+    want = fit_calibration(*ex.predict_with_variance(val), data.val.labels)
+    assert (saved["temperature"], saved["noise"]) == (want.temperature, want.noise)
+    from lqf.cli.commands import load_image
+
+    x = load_image(str(tmp_path / "x.png"), 16)[None]
+    mean, var = ex.predict_with_variance(x)
+    p = want(mean, var)[0]
+    got = {t["class"]: t for t in item["top"]}
+    for c, name in enumerate(data.classes):
+        assert got[name]["probability"] == pytest.approx(float(p[c]), abs=1e-4)
+    assert sum(t["probability"] for t in item["top"]) == pytest.approx(1.0, abs=1e-3)
+    # the spread: the fixed-seed Monte Carlo estimate against one of many more draws
+    cal = Calibration(want.temperature, want.noise, want.val_nll)
+    spread = probability_spread(cal, mean, var)[0]
+    gen = torch.Generator().manual_seed(7)
+    eps = torch.randn((200000, 10), generator=gen, dtype=torch.float64)
+    draws = torch.softmax(mean[0] / cal.temperature + (cal.noise * var[0]).sqrt() / cal.temperature * eps, -1)
+    torch.testing.assert_close(spread, draws.std(0), atol=0.02, rtol=0)  # 4,096 draws against 200,000
+    for c, name in enumerate(data.classes):
+        assert got[name]["spread"] == pytest.approx(float(spread[c]), abs=1e-4)
+    # a second call reads the saved choice; --raw is the plain softmax of the model's outputs
+    (run / CALIBRATION).write_text(json.dumps(saved | {"temperature": 1.0, "noise": 0.0}))
+    code, out, _ = run_cli(["predict", run, tmp_path / "x.png", "--top-k", "10", "--json"], capsys)
+    plain = torch.softmax(mean[0], -1)
+    assert {t["class"]: t["probability"] for t in json.loads(out)[0]["top"]} == pytest.approx(
+        {name: float(plain[c]) for c, name in enumerate(data.classes)}, abs=1e-4
+    )
+    code, out, _ = run_cli(["predict", run, tmp_path / "x.png", "--raw", "--json"], capsys)
+    assert code == 0 and "spread" not in json.loads(out)[0]["top"][0]
+    code, out, _ = run_cli(["predict", run, tmp_path / "x.png"], capsys)
+    assert code == 0 and "±" in out and "calibrated on the run's validation images" in out

@@ -247,31 +247,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise LqfError(f"--top-k must be >= 1, got {args.top_k}")
-    config, _, model, info = load_run(args.run_dir)
+    config, options, model, info = load_run(args.run_dir)
     paths = image_paths(args.images)
     x = torch.stack([load_image(p, config.image_size) for p in paths])
-    with torch.no_grad():
-        probs = model(x).softmax(dim=1)
+    from lqf.explain.calibrated import calibrated_predictions, is_linear_run
+
+    linear = is_linear_run(config, options) and not getattr(args, "raw", False)
+    if linear:  # calibrated on validation, with the exact posterior variance of the scores
+        found = calibrated_predictions(args.run_dir, x)
+        probs, spread = found["probability"], found["spread"]
+    else:
+        with torch.no_grad():
+            probs = model(x).double().softmax(dim=1)
+        spread = None
     k = min(args.top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     classes = info["classes"]
-    out = [
-        {
-            "image": path,
-            "top": [
-                {"class": classes[i], "probability": round(p, 4)}
-                for p, i in zip(top.values[n].tolist(), top.indices[n].tolist(), strict=True)
-            ],
-        }
-        for n, path in enumerate(paths)
-    ]
+    out = []
+    for n, path in enumerate(paths):
+        entries = []
+        for p, i in zip(top.values[n].tolist(), top.indices[n].tolist(), strict=True):
+            entry = {"class": classes[i], "probability": round(p, 4)}
+            if spread is not None:
+                entry["spread"] = round(float(spread[n, i]), 4)
+                entry["score"] = round(float(found["score"][n, i]), 4)
+                entry["score_std"] = round(float(found["score_std"][n, i]), 4)
+            entries.append(entry)
+        out.append({"image": path, "top": entries})
     if args.json:
         json.dump(out, sys.stdout, indent=2)
         print()
     else:
         for item in out:
-            best = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in item["top"])
+            best = ", ".join(
+                f"{t['class']} {100 * t['probability']:.1f}%"
+                + (f" ± {100 * t['spread']:.1f}" if "spread" in t else "")
+                for t in item["top"]
+            )
             _say(f"{item['image']}: {best}")
+        if linear:
+            _say(
+                f"(calibrated on the run's validation images: temperature {float(found['temperature']):.3g}, "
+                f"noise {float(found['noise']):.3g}; ± is the spread of each probability under the "
+                "posterior of the scores)"
+            )
     return 0
 
 

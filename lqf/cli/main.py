@@ -72,6 +72,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of them")
     pr.add_argument("--top-k", type=int, default=3, help="classes to show per image")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.add_argument(
+        "--raw",
+        action="store_true",
+        help="the plain softmax of the model's outputs (default for LQF and ridge-probe runs: "
+        "probabilities calibrated on validation, with the spread of each)",
+    )
     pr.set_defaults(func=commands.cmd_predict)
 
     cmp = sub.add_parser(
