@@ -57,8 +57,14 @@ def run(command: list[str] | str, cwd: str, env: dict, shell: bool = False) -> d
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=cwd, env=env, shell=shell, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    return {"exit": proc.returncode, "seconds": seconds, "last_line": lines[-1][:200] if lines else ""}
+    # a progress bar redraws its line with carriage returns: keep what it showed last
+    lines = [line.split("\r")[-1] for line in (proc.stdout + proc.stderr).splitlines()]
+    lines = [line for line in lines if line.strip()]
+    out = {"exit": proc.returncode, "seconds": seconds, "last_line": lines[-1][:200] if lines else ""}
+    if proc.returncode != 0:  # what went wrong, for the record
+        out["failures"] = [line[:300] for line in lines if line.startswith(("FAILED", "ERROR", "E  "))][:40]
+        out["tail"] = [line[:300] for line in lines[-60:]]
+    return out
 
 
 def main() -> int:
@@ -112,7 +118,11 @@ def main() -> int:
         last = s["last_line"].replace("|", "\\|")
         lines.append(f"| {i} | `{s['command']}` | {s['exit']} | {s['seconds']:.0f} | {last} |")
     ok = sum(s["exit"] == 0 for s in steps)
-    lines += ["", f"{ok} of {len(steps)} commands exited 0.", ""]
+    lines += ["", f"{ok} of {len(steps)} commands exited 0."]
+    for i, s in enumerate(steps, start=1):
+        for failure in s.get("failures", []):
+            lines.append(f"- command {i}: `{failure}`")
+    lines.append("")
     with open(os.path.join(RESULTS, "newcomer.md"), "w") as handle:
         handle.write("\n".join(lines))
     print("\n".join(lines))
