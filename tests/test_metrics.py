@@ -119,3 +119,38 @@ def test_evaluate_scores_the_runs_own_test_images_unless_told(probe_run, capsys)
     assert_one_line_error(code, err, "contradict")
     code, _, err = run_cli(["evaluate", probe_run, "--data", "fashion-mnist"], capsys)
     assert_one_line_error(code, err, "same classes")
+
+
+def test_the_temperature_is_the_grid_minimum_of_validation_nll_and_changes_no_prediction() -> None:
+    from lqf.training.metrics import TEMPERATURES, fit_temperature
+
+    gen = torch.Generator().manual_seed(0)
+    logits = 5 * torch.randn(300, 4, generator=gen, dtype=torch.float64)  # overconfident scores
+    labels = torch.where(
+        torch.rand(300, generator=gen) < 0.7, logits.argmax(1), torch.randint(0, 4, (300,), generator=gen)
+    )
+    t = fit_temperature(logits, labels)
+    nll = lambda s: float(-torch.log_softmax(logits / s, 1)[torch.arange(300), labels].mean())  # noqa: E731
+    assert nll(t) <= min(nll(s) for s in TEMPERATURES) + 1e-12 and t > 1  # it cools overconfidence
+    m = classification_metrics(logits, labels, ["a", "b", "c", "d"], temperature=t)
+    direct = classification_metrics(logits, labels, ["a", "b", "c", "d"], probs=torch.softmax(logits / t, 1))
+    plain = classification_metrics(logits, labels, ["a", "b", "c", "d"])
+    for key in ("nll", "brier", "ece", "accuracy_at_80"):
+        assert m[key] == pytest.approx(direct[key], abs=1e-12)
+    for key in ("nll", "brier", "ece"):
+        assert m[f"{key}_raw"] == pytest.approx(plain[key], abs=1e-12)
+    assert m["accuracy"] == plain["accuracy"] and m["confusion"] == plain["confusion"]
+    assert fit_temperature(logits[:0], labels[:0]) == 1.0
+
+
+def test_a_run_keeps_the_temperature_of_its_validation_images(probe_run) -> None:
+    from lqf.data import load_config_data
+    from lqf.runs.fit import load_run
+    from lqf.training.evaluate import predict_logits
+    from lqf.training.metrics import fit_temperature
+
+    m = json.loads((probe_run / "metrics.json").read_text())
+    config, _, model, _ = load_run(str(probe_run))
+    val = load_config_data(config).val
+    assert m["temperature"] == fit_temperature(predict_logits(model, val), val.labels)
+    assert {"test_nll_raw", "test_ece_raw", "test_brier_raw"} <= set(m)

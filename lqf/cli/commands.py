@@ -178,13 +178,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     # a run trained on a GPU is evaluated on the CPU of a machine without one
     device = args.device or (config.device if usable(config.device) else "cpu")
+    # the temperature chosen on the run's validation images (runs saved before it existed: 1)
+    temperature = _run_temperature(args.run_dir)
     result, _ = test_report(
-        model, data.test, data.classes, batch_size=args.batch_size, device=device, quiet=args.quiet
+        model,
+        data.test,
+        data.classes,
+        batch_size=args.batch_size,
+        device=device,
+        quiet=args.quiet,
+        temperature=temperature,
     )
     which = "all test images" if max_test is None else f"a fixed stratified subset of {max_test}"
     if spec == config.data and max_test == config.max_test:
         which += " (the run's own test images)"
-    report = {"data": spec, "n_test": len(data.test), "max_test": max_test, "test_images": which, **result}
+    report = {
+        "data": spec,
+        "n_test": len(data.test),
+        "max_test": max_test,
+        "test_images": which,
+        "temperature": temperature,
+        **result,
+    }
     suffix = "" if max_test == (config.max_test if spec == config.data else None) else f"-{len(data.test)}"
     name = "evaluation-" + spec.replace(":", "-").replace("/", "_").strip("-_.") + suffix + ".json"
     write_json(os.path.join(args.run_dir, name), report)
@@ -199,6 +214,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _few(names) -> str:
     names = list(names)
     return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
+def _run_temperature(path: str) -> float:
+    """The temperature in a run's ``metrics.json`` (1 when it has none)."""
+    from lqf.io import read_json
+
+    metrics = os.path.join(path, "metrics.json")
+    value = read_json(metrics).get("temperature") if os.path.isfile(metrics) else None
+    return float(value) if value else 1.0
 
 
 # -- predict ----------------------------------------------------------------------
@@ -257,8 +281,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         found = calibrated_predictions(args.run_dir, x)
         probs, spread = found["probability"], found["spread"]
     else:
+        temperature = 1.0 if getattr(args, "raw", False) else _run_temperature(args.run_dir)
         with torch.no_grad():
-            probs = model(x).double().softmax(dim=1)
+            probs = (model(x).double() / temperature).softmax(dim=1)
         spread = None
     k = min(args.top_k, probs.shape[1])
     top = probs.topk(k, dim=1)

@@ -75,8 +75,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     pr.add_argument(
         "--raw",
         action="store_true",
-        help="the plain softmax of the model's outputs (default for LQF and ridge-probe runs: "
-        "probabilities calibrated on validation, with the spread of each)",
+        help="the plain softmax of the model's outputs (default: at the temperature the run chose on "
+        "validation; LQF and ridge-probe runs: with the exact variance of their scores and the "
+        "spread of each probability)",
     )
     pr.set_defaults(func=commands.cmd_predict)
 

@@ -20,6 +20,15 @@ CONFUSION = "confusion.png"
 RELIABILITY = "reliability.png"
 
 
+def temperature_of(model: nn.Module, val, *, batch_size: int = 256, device: str = "cpu") -> float:
+    """The run's temperature: :func:`~lqf.training.metrics.fit_temperature` on its validation images."""
+    from lqf.training.metrics import fit_temperature
+
+    if len(val) == 0:
+        return 1.0
+    return fit_temperature(predict_logits(model, val, batch_size=batch_size, device=device), val.labels)
+
+
 def test_report(
     model: nn.Module,
     images,
@@ -28,10 +37,12 @@ def test_report(
     batch_size: int = 256,
     device: str = "cpu",
     quiet: bool = True,
+    temperature: float = 1.0,
 ) -> tuple[dict[str, Any], Any]:
-    """``(metrics, logits)``: the ``test_*`` entries for ``images`` (an ``ImageSet``) and the scores."""
+    """``(metrics, logits)``: the ``test_*`` entries for ``images`` (an ``ImageSet``) and the scores;
+    probabilities at the run's ``temperature`` (:func:`~lqf.training.metrics.fit_temperature`)."""
     logits = predict_logits(model, images, batch_size=batch_size, device=device, quiet=quiet)
-    m = classification_metrics(logits, images.labels, classes)
+    m = classification_metrics(logits, images.labels, classes, temperature=temperature)
     loss = float(nn.functional.cross_entropy(logits, images.labels)) if len(images) else float("nan")
     out = {"test_accuracy": m["accuracy"], "test_loss": loss}
     for key in (
@@ -42,6 +53,9 @@ def test_report(
         "ece",
         "accuracy_at_80",
         "confusion",
+        "nll_raw",
+        "brier_raw",
+        "ece_raw",
     ):
         if key in m:
             out[f"test_{key}"] = m[key]
@@ -58,7 +72,7 @@ def write_plots(
     if "test_confusion" not in metrics:
         return []
     plot_confusion(metrics["test_confusion"], classes, os.path.join(folder, CONFUSION), title=title)
-    bins = reliability(probabilities(logits), labels)
+    bins = reliability(probabilities(logits, metrics.get("temperature") or 1.0), labels)
     plot_reliability(bins, os.path.join(folder, RELIABILITY), title=title, ece=metrics.get("test_ece"))
     return [CONFUSION, RELIABILITY]
 
@@ -70,7 +84,13 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
     lines = [
         f"  balanced acc  {m['test_balanced_accuracy']:.4f}    accuracy at 80% coverage "
         f"{m['test_accuracy_at_80']:.4f}",
-        f"  calibration   ECE {m['test_ece']:.4f}    NLL {m['test_nll']:.4f}    Brier {m['test_brier']:.4f}",
+        f"  calibration   ECE {m['test_ece']:.4f}    NLL {m['test_nll']:.4f}    Brier {m['test_brier']:.4f}"
+        + (
+            f"    (temperature {m['temperature']:.3g} chosen on validation; at 1: "
+            f"ECE {m['test_ece_raw']:.4f}, NLL {m['test_nll_raw']:.4f})"
+            if m.get("temperature") not in (None, 1.0) and "test_ece_raw" in m
+            else ""
+        ),
     ]
     per_class = {k: v for k, v in (m.get("test_per_class_accuracy") or {}).items() if v is not None}
     if per_class:

@@ -180,15 +180,18 @@ def fit(
     # wall time of this process plus the epochs a resumed run had already done
     train_seconds = time.perf_counter() - start + ctx.resumed_seconds
     model.eval()
-    from lqf.runs.evaluation import test_report, write_plots
+    from lqf.runs.evaluation import temperature_of, test_report, write_plots
 
+    batch = max(256, config.batch_size)
+    temperature = temperature_of(model, data.val, batch_size=batch, device=config.device)
     test, logits = test_report(
         model,
         data.test,
         data.classes,
-        batch_size=max(256, config.batch_size),
+        batch_size=batch,
         device=config.device,
         quiet=quiet,
+        temperature=temperature,
     )
     metrics: dict[str, Any] = {
         "method": config.method,
@@ -200,6 +203,7 @@ def fit(
         "test_accuracy": test["test_accuracy"],
         "test_loss": test["test_loss"],
         "val_accuracy": _last(ctx.history, "val_accuracy"),
+        "temperature": temperature,
         "train_seconds": train_seconds,
         "peak_memory_mb": peak_memory_mb(config.device),
         "epochs_run": len(ctx.history),
