@@ -257,3 +257,15 @@ def test_a_worker_without_its_coordinator_gives_up_with_one_line(tmp_path, capsy
 
     with pytest.raises(LqfError, match="start the coordinator"):
         work(f"journal:{tmp_path / 'search.log'}", "nobody", lambda folder: None, wait_for_start=0.5)
+
+
+def test_a_study_of_another_run_is_refused_with_one_line(tmp_path) -> None:
+    from lqf.pruning.shared import Coordinator
+
+    storage = open_storage(f"journal:{tmp_path / 'search.log'}", heartbeat=1)
+    first = Coordinator(storage, "s", str(tmp_path / "a"))
+    first.stop()
+    with pytest.raises(LqfError, match="belongs to the prune run"):
+        Coordinator(storage, "s", str(tmp_path / "b"))
+    again = Coordinator(storage, "s", str(tmp_path / "a"))  # its own run, resumed: accepted
+    again.stop()
