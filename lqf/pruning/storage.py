@@ -117,18 +117,12 @@ class Storage:
             stop.set()
             thread.join()
 
-    def fail_stale(self, study) -> list[int]:
-        """Mark running trials without a recent heartbeat failed and queue them again; returns the
-        numbers of the trials this process failed."""
+    def fail_stale(self, study) -> None:
+        """Mark running trials without a recent heartbeat failed and queue them again."""
         optuna = self.optuna
         if not self.journal:
-            before = {
-                t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-            }
             optuna.storages.fail_stale_trials(study)
-            after = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-            return sorted(t.number for t in after if t.number not in before)
-        failed = []
+            return
         with open(self.path + ".lqf-lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -140,7 +134,6 @@ class Storage:
                     if last is None or now - last <= GRACE * self.heartbeat:
                         continue
                     self.backend.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
-                    failed.append(t.number)
                     retries = int(t.user_attrs.get("lqf_retries", 0))
                     if retries < RETRIES:
                         study.enqueue_trial(
@@ -150,7 +143,6 @@ class Storage:
                         )
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-        return failed
 
 
 def open_storage(url: str, heartbeat: int = 10) -> Storage:
