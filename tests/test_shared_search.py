@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("optuna")
 
 from lqf.errors import LqfError  # noqa: E402
+from lqf.pruning.storage import WORKER as WORKER_ATTR  # noqa: E402
 from lqf.pruning.storage import check_url, open_storage, records, retry_of  # noqa: E402
 
 from .conftest import write_image_folder  # noqa: E402
@@ -169,6 +170,7 @@ def test_a_prune_run_shares_its_search_with_a_worker(tiny_model_spec: str, tmp_p
     worker = subprocess.Popen([*lqf, "--worker", *shared], env=env, stdout=subprocess.PIPE, text=True)
     coordinator = subprocess.run(
         [*lqf, "--from", str(source), *shared, "--heartbeat", "1", "--rounds", "2", "--trials", "30"]
+        + ["--workers", "1"]  # every round waits for the worker: without it, it may finish first
         + [
             "--strategy",
             "random",
@@ -194,8 +196,8 @@ def test_a_prune_run_shares_its_search_with_a_worker(tiny_model_spec: str, tmp_p
     for r in (1, 2):
         kept = [t for t in history["trials"] if t["round"] == r]
         assert len(kept) >= 30 and len({t["number"] for t in kept}) == len(kept)
-    by_worker = [t for t in history["trials"] if t["worker"] != "coordinator"]
-    assert by_worker, "the worker evaluated no trial"
+    for r in (1, 2):  # --workers 1: the worker took a trial of each round before the coordinator began
+        assert any(t["worker"] != "coordinator" for t in history["trials"] if t["round"] == r), r
     assert not list(out.glob("search-r*.pt"))  # the round states are removed at the end
     # round 1 again, in this process: the same accuracy for every theta, whoever evaluated it
     config, _, options, _ = saved_settings(str(out))
@@ -239,6 +241,8 @@ def test_a_prune_run_shares_its_search_with_a_worker(tiny_model_spec: str, tmp_p
             "prunes once",
         ),
         (["--storage", "journal:x.log", "--study", "s", "--heartbeat", "0"], "--heartbeat must be >= 1"),
+        (["--workers", "2"], "--workers is for a shared search"),
+        (["--storage", "journal:x.log", "--study", "s", "--workers", "-1"], "--workers must be >= 0"),
         (["--worker", "--storage", "journal:x.log"], "--worker needs --storage URL and --study NAME"),
         (["--worker", "--storage", "journal:x.log", "--study", "s", "--trials", "3"], "drop --trials"),
     ],
@@ -269,3 +273,27 @@ def test_a_study_of_another_run_is_refused_with_one_line(tmp_path) -> None:
         Coordinator(storage, "s", str(tmp_path / "b"))
     again = Coordinator(storage, "s", str(tmp_path / "a"))  # its own run, resumed: accepted
     again.stop()
+
+
+def test_a_round_waits_for_its_workers_then_goes_on_with_those_that_came(tmp_path) -> None:
+    """``--workers N``: the coordinator's round begins once N distinct workers have taken a trial of
+    it, and after ``wait_for_workers`` seconds with fewer it says so and goes on."""
+    from lqf.pruning.shared import Coordinator, round_study
+
+    storage = open_storage(f"journal:{tmp_path / 'search.log'}", heartbeat=1)
+    said: list[str] = []
+    coordinator = Coordinator(
+        storage, "s", str(tmp_path / "a"), workers=2, say=said.append, wait_for_workers=1.0
+    )
+    try:
+        study = coordinator.open_round(1, {}, None, [])
+        for worker in ("host:1", "coordinator", "host:1"):  # one distinct worker, asked twice
+            trial = study.ask()
+            trial.set_user_attr(WORKER_ATTR, worker)
+        assert coordinator.await_workers(study, 1) == 1
+        assert len(said) == 1 and "1 of 2 worker(s) came" in said[0], said
+        study.ask().set_user_attr(WORKER_ATTR, "host:2")
+        said.clear()
+        assert coordinator.await_workers(storage.study(round_study("s", 1)), 1) == 2 and not said
+    finally:
+        coordinator.stop()

@@ -215,7 +215,13 @@ def prune(
 
         if run is None:
             raise LqfError("a shared search (--storage) needs a run directory its workers can read")
-        coordinator = Coordinator(open_storage(options.storage, options.heartbeat), options.study, run.path)
+        coordinator = Coordinator(
+            open_storage(options.storage, options.heartbeat),
+            options.study,
+            run.path,
+            workers=options.workers,
+            say=say,
+        )
     for index, (kind, arg) in enumerate(steps):
         if index < first:
             continue

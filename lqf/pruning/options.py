@@ -174,6 +174,11 @@ class PruneOptions:
         "is marked failed and retried",
         advanced=True,
     )
+    workers: int = option(
+        0,
+        "with --storage: each round of the search waits until this many worker processes have "
+        "taken a trial in it (at most 600 s, then it goes on with those that came); 0 starts at once",
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -259,6 +264,11 @@ class PruneOptions:
                 f"--storage shares a search; --strategy {self.strategy} prunes once without one",
             ),
             (self.heartbeat < 1, f"--heartbeat must be >= 1 second, got {self.heartbeat}"),
+            (self.workers < 0, f"--workers must be >= 0, got {self.workers}"),
+            (
+                self.workers > 0 and self.storage is None,
+                "--workers is for a shared search: give --storage URL --study NAME too",
+            ),
         ]
         if self.storage is not None:
             from lqf.pruning.storage import check_url

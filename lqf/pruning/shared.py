@@ -37,7 +37,7 @@ from typing import Any
 from lqf.errors import LqfError
 from lqf.pruning.objective import Objective
 from lqf.pruning.search import clip_to, distributions_of, make_sampler, trial_record
-from lqf.pruning.storage import POLL, Storage, open_storage, records, shared_trials
+from lqf.pruning.storage import POLL, WORKER, Storage, open_storage, records, shared_trials
 
 #: a worker gives up when the coordinator has been silent for this many heartbeats
 STALE_COORDINATOR = 30
@@ -77,8 +77,18 @@ def evaluator(measure: Callable[[Mapping[str, float]], float], space, objective:
 class Coordinator:
     """The coordinator's side: the control study, its liveness beat and each round's study."""
 
-    def __init__(self, storage: Storage, name: str, run_folder: str) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        name: str,
+        run_folder: str,
+        *,
+        workers: int = 0,
+        say: Callable[[str], None] = lambda text: None,
+        wait_for_workers: float = WAIT_FOR_START,
+    ) -> None:
         self.storage, self.name = storage, name
+        self.workers, self.say, self.wait_for_workers = workers, say, wait_for_workers
         self.control = storage.study(name, create=True)
         owner = self.control.user_attrs.get("lqf_run")
         folder = os.path.abspath(run_folder)
@@ -114,6 +124,25 @@ class Coordinator:
                 study.enqueue_trial(point, skip_if_exists=False)
         self.control.set_user_attr("round", round_index)
         return study
+
+    def await_workers(self, study, round_index: int) -> int:
+        """Wait until ``self.workers`` worker processes have taken a trial of the round's study
+        (at most ``wait_for_workers`` seconds); returns how many came."""
+        deadline = time.monotonic() + self.wait_for_workers
+        while True:
+            came = {t.user_attrs.get(WORKER) for t in study.get_trials(deepcopy=False)} - {
+                None,
+                "coordinator",
+            }
+            if len(came) >= self.workers:
+                return len(came)
+            if time.monotonic() > deadline:
+                self.say(
+                    f"round {round_index}: {len(came)} of {self.workers} worker(s) came within "
+                    f"{self.wait_for_workers:.0f} s; going on with them"
+                )
+                return len(came)
+            time.sleep(POLL)
 
     def search(
         self,
@@ -155,6 +184,8 @@ class Coordinator:
             make_sampler(sampler, seed=seed, startup_trials=startup_trials),
             [clip_to(space, p) for p in warm],
         )
+        if self.workers:
+            self.await_workers(study, round_index)
         shared_trials(
             self.storage,
             study,

@@ -37,6 +37,8 @@ GRACE = 3
 RETRIES = 2
 #: seconds between looks at the study while waiting
 POLL = 0.5
+#: the user attribute naming the process that runs a trial
+WORKER = "lqf_worker"
 BEAT = "lqf_heartbeat"
 RETRY_OF = "lqf_retry_of"
 RECORD = "lqf_record"
@@ -225,6 +227,7 @@ def shared_trials(
         start = time.perf_counter()
         trial = study.ask(dict(distributions))
         asked = time.perf_counter() - start
+        trial.set_user_attr(WORKER, worker)  # who runs it, before it finishes (for --workers)
         theta = {name: float(trial.params[name]) for name in distributions}
         with storage.beating(trial._trial_id):
             record = dict(evaluate(theta))
