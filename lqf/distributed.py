@@ -142,12 +142,30 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast(obj):
-    """Process 0's ``obj`` on every process (pickled)."""
+def broadcast(obj, src: int = 0):
+    """Process ``src``'s ``obj`` on every process (pickled)."""
     if not active():
         return obj
     import torch.distributed as dist
 
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_tensor(t: torch.Tensor | None, src: int, numel: int) -> torch.Tensor:
+    """Process ``src``'s flat float64 tensor of ``numel`` elements on every process (``t`` is
+    ``None`` on the others); ``t`` itself without a process group."""
+    if not active():
+        assert t is not None
+        return t
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    if dist.get_rank() == src:
+        assert t is not None and t.numel() == numel
+        out = t.detach().reshape(-1).to(device, torch.float64).contiguous()
+    else:
+        out = torch.empty(numel, dtype=torch.float64, device=device)
+    dist.broadcast(out, src=src)
+    return out

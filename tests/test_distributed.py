@@ -77,11 +77,37 @@ def model(tmp_path_factory) -> str:
     "flags",
     [
         ["--method", "finetune", "--epochs", "2", "--batch-size", "15", "--bn", "frozen", "--lr", "1e-2"],
+        # 45 images in batches of 22: shares of 11, and a last batch of 1 (nothing on process 1)
+        ["--method", "finetune", "--epochs", "2", "--batch-size", "22", "--bn", "frozen", "--lr", "1e-2"],
         ["--method", "linear-probe"],
         ["--method", "lqf", "--linearize", "all", "--solver", "kernel"],
         ["--method", "lqf", "--linearize", "all", "--solver", "cg"],
+        [
+            "--method",
+            "lqf",
+            "--linearize",
+            "all",
+            "--solver",
+            "cg",
+            "--tol",
+            "1e-9",
+            "--preconditioner",
+            "kfac",
+        ],
+        [
+            "--method",
+            "lqf",
+            "--linearize",
+            "all",
+            "--solver",
+            "sgd",
+            "--epochs",
+            "3",
+            "--preconditioner",
+            "kfac",
+        ],
     ],
-    ids=["finetune", "probe", "lqf-kernel", "lqf-cg"],
+    ids=["finetune", "finetune-uneven", "probe", "lqf-kernel", "lqf-cg", "lqf-kfac-cg", "lqf-kfac-sgd"],
 )
 def test_two_processes_give_the_one_process_result(tmp_path, model, flags) -> None:
     one = _fit(tmp_path / "one", model, flags, 1)
@@ -97,8 +123,59 @@ def test_two_processes_give_the_one_process_result(tmp_path, model, flags) -> No
         assert info["processes"] == 2 and "all_reduce_calls" not in one["solver_info"]
         assert info["all_reduce_calls"] == info["matrix_products"] + 1  # and one for the right-hand side
         assert info["all_reduce_bytes"] == info["all_reduce_calls"] * 4 * two["linearized_parameters"]
+    if flags[-1] == "kernel":  # each process summed its share of the kernel's blocks and solved its ridges
+        info = two["solver_info"]
+        rows = info["kernel_rows"]
+        assert info["processes"] == 2 and info["all_reduce_calls"] == 1
+        assert info["all_reduce_bytes"] == info["kernel_all_reduce_bytes"] == 8 * rows * rows
+        assert info["factorizations_here"] == 3  # ridges 0, 2, 4 of the five on process 0
+        assert [r["ridge_relative"] for r in two["ridge_grid"]] == [
+            r["ridge_relative"] for r in one["ridge_grid"]
+        ]
+        for r1, r2 in zip(one["ridge_grid"], two["ridge_grid"], strict=True):
+            assert r2["val_accuracy"] == r1["val_accuracy"] and r2["train_accuracy"] == r1["train_accuracy"]
+    if "kfac" in flags:  # each process accumulated its share of the Kronecker factors; all-reduced
+        assert two["kfac_all_reduce_bytes"] > 0 and "kfac_all_reduce_bytes" not in one
     if flags[1] == "finetune":  # the whole trajectory, epoch by epoch
         log = lambda p: [json.loads(line) for line in (p / "log.jsonl").read_text().splitlines()]  # noqa: E731
         for r1, r2 in zip(log(tmp_path / "one"), log(tmp_path / "two"), strict=True):
             assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-5)
             assert r2["train_accuracy"] == r1["train_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--method", "finetune", "--epochs", "1", "--batch-size", "15"],
+        ["--method", "linear-probe"],
+        ["--method", "lqf", "--linearize", "all", "--solver", "kernel"],
+        ["--method", "lqf", "--linearize", "all", "--solver", "cg"],
+    ],
+    ids=["finetune", "probe", "lqf-kernel", "lqf-cg"],
+)
+def test_one_process_touches_no_distributed_machinery(tmp_path, model, flags, monkeypatch) -> None:
+    """Without torchrun no process group is joined, no model is wrapped in DDP and no collective is
+    called: each of them raises here, and the fit still succeeds."""
+    import torch.distributed as dist
+    import torch.nn.parallel
+
+    from lqf.cli.main import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a one-process run used torch.distributed")
+
+    for name in (
+        "init_process_group",
+        "all_reduce",
+        "all_gather",
+        "broadcast",
+        "broadcast_object_list",
+        "barrier",
+    ):
+        monkeypatch.setattr(dist, name, refuse)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", refuse)
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    out = tmp_path / "run"
+    assert main(["fit", "--model", model, *COMMON, "--quiet", "--out", str(out), *flags]) == 0
+    assert not dist.is_initialized() and "processes" not in json.loads((out / "metrics.json").read_text())

@@ -58,6 +58,10 @@ def _check(lin: LinearizedModel, x1: torch.Tensor, x2: torch.Tensor, kinds: set[
     assert _rel(got, want) < TOL
     assert _rel(tangent_kernel(f1, metric=metric), k11) < TOL
     assert _rel(tangent_kernel(f1, f2, metric=metric), k12) < TOL
+    # the parts W processes compute (torchrun) sum to the kernel
+    for parts in (2, 3):
+        split = [tangent_kernel(f1, metric=metric, part=(p, parts)) for p in range(parts)]
+        assert _rel(sum(split), k11) < TOL and not torch.equal(split[0], k11)
     _, plain, _ = _dense_kernel(lin, x1, x2, [1.0] * len(lin.delta))
     kernel = tangent_kernel(f1)
     assert _rel(kernel, plain) < TOL and torch.equal(kernel, kernel.T)  # M = I; exactly symmetric

@@ -25,6 +25,9 @@ Applying ``(H_kfac + damping I)^{-1}`` uses the eigendecompositions
     V -> Q_G [(Q_G^T V Q_A) / (e_G e_A^T / N + lam m + damping)] Q_A^T,
 
 the exact inverse of the damped Kronecker product (no factored damping).
+
+Under ``torchrun`` each process accumulates ``A``, ``G`` and the diagonal over its share of the
+rows and one all-reduce per factor sums them, so every process holds the one-process factors.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lqf import distributed
 from lqf.linearization import LinearizedModel
 
 
@@ -113,8 +117,24 @@ class KFAC:
         self.diagonal = [
             torch.zeros(self.sizes[i], dtype=self.dtype, device=self.device) for i in self.diagonal_index
         ]
-        for i in range(0, self.n, batch_size):
-            self._accumulate(inputs[i : i + batch_size].to(self.device))
+        # under torchrun each process accumulates its share of the rows; the sums are all-reduced
+        mine = inputs[distributed.shard(self.n)] if distributed.active() else inputs
+        sent = distributed.TRAFFIC["all_reduce_bytes"]
+        for i in range(0, len(mine), batch_size):
+            self._accumulate(mine[i : i + batch_size].to(self.device))
+        if distributed.active():
+            for b in self.blocks:
+                distributed.all_reduce_sum(b.A)
+                distributed.all_reduce_sum(b.G)
+                b.count = int(
+                    distributed.all_reduce_sum(
+                        torch.tensor([b.count], dtype=torch.float64, device=self.device)
+                    ).item()
+                )
+            for d in self.diagonal:
+                distributed.all_reduce_sum(d)
+        #: bytes this process all-reduced for the factors (0 in one process)
+        self.all_reduce_bytes = distributed.TRAFFIC["all_reduce_bytes"] - sent
         for b in self.blocks:
             b.A /= max(b.count, 1)
             b.eA, b.QA = torch.linalg.eigh(b.A.double())

@@ -52,6 +52,7 @@ def tangent_kernel(
     metric: Sequence[float] | None = None,
     *,
     on_block: Callable[[float], None] | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> torch.Tensor:
     """``J1 M^-1 J2^T`` of shape ``(N1 C, N2 C)`` (float64); ``f2=None``: the symmetric ``J1 M^-1 J1^T``.
 
@@ -59,7 +60,10 @@ def tangent_kernel(
         f1, f2: factors of the same linearized model on two sets of inputs.
         metric: ``M`` as one positive scalar per linearized tensor (default all 1).
         on_block: called with the fraction done after each block (progress).
+        part: ``(p, W)``: only the row chunks and blocks ``p, p + W, ...`` of the ``W`` parts (the
+            rest stays 0), so that ``W`` processes summing their parts get the whole kernel.
     """
+    p, parts = part
     sym = f2 is None or f2 is f1
     f2 = f1 if f2 is None else f2
     c = f1.classes
@@ -74,7 +78,9 @@ def tangent_kernel(
         d2 = f2.blocks[k][1].reshape(n2 * c, -1)
         scale = None if metric is None else f1.dense_scale(k, metric)
         chunk = max(1, BLOCK_ELEMENTS // max(1, n2 * c))
-        for lo in range(0, n1 * c, chunk):
+        for index, lo in enumerate(range(0, n1 * c, chunk)):
+            if index % parts != p:
+                continue
             rows = d1[lo : lo + chunk] if scale is None else d1[lo : lo + chunk] * scale
             if sym:  # only the columns from this chunk on; the rest is its mirror
                 part = rows @ d2[lo:].T
@@ -94,6 +100,7 @@ def tangent_kernel(
     widest = max(f1.blocks[k][2].shape[2] * f1.blocks[k][2].shape[3] for k in structs)
     step = max(1, int((BLOCK_ELEMENTS / (c * c * widest * widest)) ** 0.5))
     pairs = [(i, j) for i in range(0, n1, step) for j in range(0, n2, step) if not sym or j >= i]
+    pairs = pairs[p::parts]
     for done, (i, j) in enumerate(pairs, start=1):
         block = torch.zeros(min(step, n1 - i), c, min(step, n2 - j), c, dtype=f1.dtype, device=f1.device)
         for k in structs:

@@ -136,14 +136,15 @@ def solve_ridges(
             on_iteration=on_iteration,
         )
         stage.close()
-        if distributed.active():
-            sent = {k: distributed.TRAFFIC[k] - traffic[k] for k in traffic}
-            result.info["processes"] = distributed.world()[1]
-            result.info["all_reduce_calls"] = sent["all_reduce_calls"]
-            result.info["all_reduce_bytes"] = sent["all_reduce_bytes"]
-            result.info["gather_bytes"] = sent["gather_bytes"]
-            # one all-reduce of the P linearized parameters per product with J^T J, one for J^T r
-            result.info["all_reduce_bytes_each"] = sent["all_reduce_bytes"] / max(1, sent["all_reduce_calls"])
+    if distributed.active():
+        sent = {k: distributed.TRAFFIC[k] - traffic[k] for k in traffic}
+        result.info["processes"] = distributed.world()[1]
+        result.info["all_reduce_calls"] = sent["all_reduce_calls"]
+        result.info["all_reduce_bytes"] = sent["all_reduce_bytes"]
+        result.info["gather_bytes"] = sent["gather_bytes"]
+        # cg: one all-reduce of the P linearized parameters per product with J^T J, one for J^T r;
+        # kernel: one of the (N C)^2 kernel (float64)
+        result.info["all_reduce_bytes_each"] = sent["all_reduce_bytes"] / max(1, sent["all_reduce_calls"])
     with torch.no_grad():
         for d, v in zip(lin.delta, result.delta, strict=True):
             d.copy_(v)
@@ -183,6 +184,8 @@ def solve_kfac_cg(
     scale = hutchinson_trace(problem) / problem.residual.numel() / problem.n
     ctx.extra["ridge_scale"] = scale
     kfac = KFAC(lin, problem.inputs, batch_size=64)
+    if kfac.all_reduce_bytes:
+        ctx.extra["kfac_all_reduce_bytes"] = kfac.all_reduce_bytes
     damping = options.damping * kfac.mean_eigenvalue()
     b = problem.rhs()
     x = None

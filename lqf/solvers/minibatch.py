@@ -91,6 +91,8 @@ def fit_minibatch(model: LQFModel, data, ctx: FitContext, options, inputs: torch
         from lqf.curvature import KFAC
 
         kfac = KFAC(lin, inputs, batch_size=64)
+        if kfac.all_reduce_bytes:
+            ctx.extra["kfac_all_reduce_bytes"] = kfac.all_reduce_bytes
         damping = options.damping * kfac.mean_eigenvalue()
         precondition = lambda g: kfac.inverse(g, damping, lam)  # noqa: E731
     ctx.extra["lam"] = lam

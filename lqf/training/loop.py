@@ -140,7 +140,10 @@ def train_epochs(
                 x, y = x[rank::size], y[rank::size]
             x, y = x.to(device), y.to(device)
             logits = net(x)
-            loss = loss_fn(logits, y if target_fn is None else target_fn(x, y))
+            if size > 1 and not len(y):  # a last batch with fewer images than processes: none here
+                loss = logits.sum() * 0.0  # zero gradients, so DDP's all-reduce still meets every process
+            else:
+                loss = loss_fn(logits, y if target_fn is None else target_fn(x, y))
             if size > 1:
                 loss = loss * (len(y) * size / batch)  # DDP averages: sum of shares = the batch mean
                 stats = torch.tensor([loss.item() / size, (logits.argmax(1) == y).sum().item()])
