@@ -17,6 +17,10 @@ BatchNorm in training mode normalizes each process's shard by its own statistics
 SyncBatchNorm runs on GPUs only), and dropout draws its masks per process: a run with either
 follows another trajectory than one process, as it would with another batch split. With
 ``--bn frozen`` and no dropout it is the one-process trajectory to float rounding.
+
+When a process dies, torchrun stops the others (SIGTERM) and each says so in one line (process 0
+prints it); a collective that waits on a process that is gone fails after ``LQF_DIST_TIMEOUT``
+seconds (300 by default) instead of hanging.
 """
 
 from __future__ import annotations
@@ -62,6 +66,46 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+#: seconds a collective waits for the other processes before it fails (``LQF_DIST_TIMEOUT``)
+DEFAULT_TIMEOUT = 300
+
+
+class PeerLost(Exception):
+    """Another process of this ``torchrun`` run ended, so this one cannot go on."""
+
+
+def timeout_seconds() -> float:
+    """``LQF_DIST_TIMEOUT`` (seconds, default :data:`DEFAULT_TIMEOUT`), checked."""
+    text = os.environ.get("LQF_DIST_TIMEOUT", str(DEFAULT_TIMEOUT))
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise LqfError(f"LQF_DIST_TIMEOUT must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _stopped(signum, frame) -> None:
+    raise PeerLost("torchrun stopped this process")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` says another process is gone: torchrun's SIGTERM (:class:`PeerLost`), or a
+    collective that failed or timed out in the backend."""
+    if isinstance(err, PeerLost):
+        return True
+    import torch.distributed as dist
+
+    kinds = tuple(k for k in (getattr(dist, "DistError", None),) if k is not None)
+    if kinds and isinstance(err, kinds):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        key in text for key in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL")
+    )
+
+
 def init_from_env(device: str) -> str:
     """Join the ``torchrun`` process group if this process is one of several; returns the device
     this process trains on (``cuda:LOCAL_RANK`` for ``--device cuda``)."""
@@ -74,7 +118,13 @@ def init_from_env(device: str) -> str:
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    import datetime
+    import signal
+
+    limit = timeout_seconds()
+    # torchrun ends the other processes with SIGTERM when one fails: say so in one line, not a traceback
+    signal.signal(signal.SIGTERM, _stopped)
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=limit))
     import atexit
 
     atexit.register(close)  # a process that exits with its group open can abort in gloo's threads

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LQF_CODE = os.path.join(ROOT, "lqf") + os.sep
 COMMON = [
     "--data",
     "digits",
@@ -179,3 +180,71 @@ def test_one_process_touches_no_distributed_machinery(tmp_path, model, flags, mo
     out = tmp_path / "run"
     assert main(["fit", "--model", model, *COMMON, "--quiet", "--out", str(out), *flags]) == 0
     assert not dist.is_initialized() and "processes" not in json.loads((out / "metrics.json").read_text())
+
+
+def _processes_of(out) -> dict[int, int]:
+    """``{rank: pid}`` of the lqf processes writing to ``out`` (from /proc)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmd = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                env = dict(item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        if str(out).encode() in cmd and b"torch.distributed.run" not in cmd and b"RANK" in env:
+            found[int(env[b"RANK"])] = int(entry)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the processes through /proc")
+def test_a_killed_process_stops_the_run_with_one_line_and_keeps_its_checkpoint(tmp_path, model) -> None:
+    """SIGKILL of process 1 in the middle of fine-tuning: torchrun stops process 0, which says so in
+    one line (no traceback of lqf's) within the timeout; the checkpoint of the last epoch loads."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LQF_PROGRESS": "line", "LQF_DIST_TIMEOUT": "60"}
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lqf", "fit"]
+    args += ["--model", model, *COMMON, "--quiet", "--out", str(out), "--method", "finetune"]
+    args += ["--epochs", "20000", "--batch-size", "15", "--bn", "frozen"]
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        ranks = _processes_of(out)
+        assert set(ranks) == {0, 1}, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and took < 60, (proc.returncode, took)
+    ours = [line for line in err.splitlines() if line.startswith("lqf:")]
+    assert len(ours) == 1 and "another process of this torchrun run ended" in ours[0], err[-3000:]
+    assert f"--resume {out}" in ours[0]
+    # torchrun prints its own report (with its own traceback); none comes from lqf's code
+    assert not [line for line in err.splitlines() if line.strip().startswith("File") and LQF_CODE in line], (
+        err
+    )
+    torch.load(out / "checkpoint.pt", weights_only=False)  # the last epoch's checkpoint is whole
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_bad_collective_timeout_is_refused_in_one_line(value, monkeypatch) -> None:
+    from lqf.distributed import timeout_seconds
+    from lqf.errors import LqfError
+
+    monkeypatch.setenv("LQF_DIST_TIMEOUT", value)
+    with pytest.raises(LqfError, match="LQF_DIST_TIMEOUT must be a number of seconds > 0"):
+        timeout_seconds()
+    monkeypatch.setenv("LQF_DIST_TIMEOUT", "42")
+    assert timeout_seconds() == 42.0

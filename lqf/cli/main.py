@@ -169,6 +169,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LqfError as err:
         print(f"lqf: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from lqf import distributed
+
+        if not (distributed.launched() and distributed.is_peer_failure(err)):
+            raise
+        if distributed.env_rank() == 0:
+            where = getattr(args, "active_run", None)
+            hint = f"; its checkpoint is kept: resume with torchrun ... -m lqf fit --resume {where}"
+            print(
+                f"lqf: stopped: another process of this torchrun run ended ({type(err).__name__})"
+                + (hint if where and os.path.isdir(where) else ""),
+                file=sys.stderr,
+            )
+        return 1
     except KeyboardInterrupt:
         where = getattr(args, "active_run", None)
         command = getattr(args, "resume_command", f"lqf fit --resume {where}")
