@@ -137,6 +137,8 @@ def test_two_processes_give_the_one_process_result(tmp_path, model, flags) -> No
             assert r2["val_accuracy"] == r1["val_accuracy"] and r2["train_accuracy"] == r1["train_accuracy"]
     if "kfac" in flags:  # each process accumulated its share of the Kronecker factors; all-reduced
         assert two["kfac_all_reduce_bytes"] > 0 and "kfac_all_reduce_bytes" not in one
+    if flags[1] == "finetune":  # a step communicates DDP's gradient buckets only (loss and hits in them)
+        assert two["step_collectives"] == 0 and "step_collectives" not in one
     if flags[1] == "finetune":  # the whole trajectory, epoch by epoch
         log = lambda p: [json.loads(line) for line in (p / "log.jsonl").read_text().splitlines()]  # noqa: E731
         for r1, r2 in zip(log(tmp_path / "one"), log(tmp_path / "two"), strict=True):

@@ -30,6 +30,19 @@ if TYPE_CHECKING:
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class _WithStats(nn.Module):
+    """``model`` and a 2-vector parameter ``stats`` (never optimized) whose gradient carries a
+    step's loss and hits through DDP's gradient all-reduce."""
+
+    def __init__(self, model: nn.Module, device) -> None:
+        super().__init__()
+        self.model = model
+        self.stats = nn.Parameter(torch.zeros(2, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def _resume(ctx: FitContext, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
     """Load the checkpoint if resuming; returns the first epoch still to run."""
     if ctx.run is None:
@@ -122,7 +135,11 @@ def train_epochs(
             first = distributed.broadcast(first)
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model)  # gradients averaged over the processes
+        # gradients averaged over the processes; the step's loss and hits travel in the same buckets
+        # (the gradient of _WithStats.stats), and BatchNorm buffers stay each process's own (process
+        # 0's are the ones saved, as they would be with DDP's broadcast of them): no other collective
+        counted = _WithStats(model, device)
+        net = DistributedDataParallel(counted, broadcast_buffers=False)
     steps = data.train.num_batches(cfg.batch_size)
     reference: float | None = None
     began = time.perf_counter()
@@ -134,6 +151,7 @@ def train_epochs(
         total_loss, correct, seen = 0.0, 0, 0
         batches = data.train.batches(cfg.batch_size, shuffle=True, generator=ctx.generator(epoch))
         bar = progress(batches, total=steps, desc=f"{desc} {epoch}/{cfg.epochs}", quiet=ctx.quiet)
+        calls = distributed.TRAFFIC["all_reduce_calls"] + distributed.TRAFFIC["gather_calls"]
         for step, (x, y) in enumerate(bar, start=1):
             batch = len(y)
             if size > 1:  # this process's share of the global batch, weighted by it
@@ -144,19 +162,25 @@ def train_epochs(
                 loss = logits.sum() * 0.0  # zero gradients, so DDP's all-reduce still meets every process
             else:
                 loss = loss_fn(logits, y if target_fn is None else target_fn(x, y))
+            optimizer.zero_grad(set_to_none=True)
             if size > 1:
                 loss = loss * (len(y) * size / batch)  # DDP averages: sum of shares = the batch mean
-                stats = torch.tensor([loss.item() / size, (logits.argmax(1) == y).sum().item()])
-                value, hits = distributed.all_reduce_sum(stats).tolist()
+                # DDP averages stats' gradient, [loss, hits] of this share: [batch mean, hits / size]
+                local = torch.tensor([loss.item(), (logits.argmax(1) == y).sum().item()], device=device)
+                counted.stats.grad = None
+                (loss + (counted.stats * local).sum()).backward()
+                value, hits = counted.stats.grad.tolist()
+                hits = round(hits * size)
             else:
                 value, hits = loss.item(), None
+            # the guard comes before the step: a non-finite or diverging loss is never applied
             if not math.isfinite(value):
                 raise _non_finite(ctx, epoch, step, value, lr_flag)
             reference = value if reference is None else reference
             if divergence is not None and value > divergence * max(reference, 1e-12):
                 raise _non_finite(ctx, epoch, step, value, lr_flag, start=reference)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if size == 1:
+                loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -165,6 +189,9 @@ def train_epochs(
             total_loss += value * batch
             correct += (logits.argmax(1) == y).sum().item() if hits is None else int(hits)
             seen += batch
+        if size > 1:  # collectives of lqf's own in the steps (DDP's buckets are not counted: 0 expected)
+            extra = distributed.TRAFFIC["all_reduce_calls"] + distributed.TRAFFIC["gather_calls"] - calls
+            ctx.extra["step_collectives"] = ctx.extra.get("step_collectives", 0) + extra
         val = evaluate(model, data.val, batch_size=max(cfg.batch_size, 256), device=device)
         record = {
             "epoch": epoch,
